@@ -1,0 +1,11 @@
+"""keras-dstee: dynamic sparse training (DST-EE, RigL, SET, static) for Keras 3."""
+
+from keras_dstee.callback import DSTEE
+from keras_dstee.callback import SET
+from keras_dstee.callback import RigL
+from keras_dstee.callback import SparseTraining
+from keras_dstee.callback import Static
+from keras_dstee.distributions import layer_densities
+from keras_dstee.optimizer import SparseOptimizer
+
+__version__ = "0.1.0"

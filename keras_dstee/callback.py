@@ -1,0 +1,272 @@
+"""The callbacks users pass to `fit`: `DSTEE` and the baselines."""
+
+import numbers
+
+import keras
+
+from keras_dstee.distributions import DISTRIBUTIONS
+from keras_dstee.distributions import layer_densities
+from keras_dstee.optimizer import SparseOptimizer
+
+
+def _check_fraction(name, value, low, high, low_open, high_open):
+    valid = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if valid:
+        valid = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high
+        )
+    if not valid:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"`{name}` must be a number in {interval}. Received: {name}={value!r}")
+
+
+class SparseTraining(keras.callbacks.Callback):
+    """Base of the sparse-training callbacks; use `DSTEE`, `RigL`, `SET` or
+    `Static`.
+
+    At the start of `fit` it wraps the model's optimizer in a
+    `SparseOptimizer`, which masks the prunable kernels and updates the masks
+    inside the compiled train step. At each epoch end it adds `sparsity`,
+    `coverage` and `drop_fraction` to the logs (progress bar, `History`,
+    `CSVLogger`). A later `fit` on the same model continues from the existing
+    masks, counters and step.
+    """
+
+    method = None
+
+    def __init__(
+        self,
+        sparsity=0.9,
+        distribution="erk",
+        update_freq=100,
+        drop_fraction=0.3,
+        end=0.75,
+        rescale=True,
+        seed=None,
+        exclude=None,
+        include_embeddings=False,
+        **method_args,
+    ):
+        super().__init__()
+        _check_fraction("sparsity", sparsity, 0, 1, False, True)
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"Unknown `distribution={distribution!r}`. Expected one of "
+                f"{DISTRIBUTIONS}."
+            )
+        if isinstance(update_freq, bool) or not isinstance(update_freq, numbers.Integral) or update_freq < 1:
+            raise ValueError(
+                "`update_freq` must be an integer >= 1 (optimizer steps "
+                f"between mask updates). Received: update_freq={update_freq!r}"
+            )
+        _check_fraction("drop_fraction", drop_fraction, 0, 1, False, False)
+        _check_fraction("end", end, 0, 1, True, False)
+        self.sparsity = float(sparsity)
+        self.distribution = distribution
+        self.update_freq = int(update_freq)
+        self.drop_fraction = float(drop_fraction)
+        self.end = float(end)
+        self.rescale = rescale
+        self.seed = seed
+        self.exclude = exclude
+        self.include_embeddings = include_embeddings
+        self.method_args = method_args
+        self.optimizer = None
+        self._model_id = None
+        self._schedule_pending = False
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        if self._model_id not in (None, id(model)):
+            raise ValueError(
+                f"This {type(self).__name__} callback already trains another "
+                "model. Create one callback per model."
+            )
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None or not getattr(model, "compiled", False):
+            raise ValueError(
+                "The model must be compiled with an optimizer before "
+                f"training with {type(self).__name__}: call `model.compile(...)`."
+            )
+        if isinstance(optimizer, SparseOptimizer):
+            # A second `fit`, or a model loaded with its sparse state.
+            self.optimizer = optimizer
+        else:
+            self.optimizer = self._wrap(model, optimizer)
+        self._model_id = id(model)
+        self._schedule_pending = True
+
+    def _wrap(self, model, optimizer):
+        densities = layer_densities(
+            model,
+            self.sparsity,
+            self.distribution,
+            exclude=self.exclude,
+            include_embeddings=self.include_embeddings,
+        )
+        wrapper = SparseOptimizer(
+            optimizer,
+            densities,
+            method=self.method,
+            update_freq=self.update_freq,
+            drop_fraction=self.drop_fraction,
+            end_step=self._total_steps(),
+            rescale=self.rescale,
+            seed=self.seed,
+            **self.method_args,
+        )
+        wrapper.build(model.trainable_variables)
+        wrapper.install()
+        model.optimizer = wrapper
+        # So `model.save` stores the wrapper and its state, not the original.
+        compile_config = getattr(model, "_compile_config", None)
+        if compile_config is not None:
+            compile_config.config["optimizer"] = wrapper
+        # The train step may have been traced with the old optimizer.
+        model.make_train_function(force=True)
+        return wrapper
+
+    def _total_steps(self):
+        steps = self.params.get("steps")
+        if not steps:
+            raise ValueError(
+                f"{type(self).__name__} needs the number of steps per epoch to "
+                "plan its schedule, and `fit` could not infer it from the "
+                "data. Pass `steps_per_epoch` to `fit`."
+            )
+        return steps * self.params["epochs"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._schedule_pending:
+            return
+        # The schedule spans this `fit`: `epochs` epochs counted from epoch 0,
+        # so a run resumed with `initial_epoch` keeps its original schedule.
+        self._schedule_pending = False
+        steps = self.params["steps"]
+        step = int(keras.ops.convert_to_numpy(self.optimizer.step))
+        start = step - epoch * steps
+        end = start + max(1, round(self.end * self._total_steps()))
+        self.optimizer.start_step.assign(start)
+        self.optimizer.end_step_variable.assign(end)
+        self.optimizer.end_step = end
+
+    def on_epoch_end(self, epoch, logs=None):
+        # `self.model` syncs the JAX state before the variables are read.
+        if logs is not None and self.model.optimizer is self.optimizer:
+            logs.update(self.optimizer.sparsity_stats())
+
+
+class DSTEE(SparseTraining):
+    """Dynamic sparse training with exploration and exploitation (DST-EE).
+
+    Trains a model sparse from scratch at a fixed number of nonzero weights.
+    Every `update_freq` steps it drops the active weights with the smallest
+    magnitude (exploitation) and grows as many positions with the highest
+    acquisition score `|g| / mean|g| + exploration * sqrt(ln t / (N + epsilon))`,
+    where `g` is the dense gradient, `t` the optimizer step and `N` how many
+    steps the position has been active: positions never tried get a bonus
+    (exploration).
+
+    ```python
+    model.fit(x, y, epochs=10, callbacks=[keras_dstee.DSTEE(sparsity=0.9)])
+    ```
+
+    Args:
+        sparsity: fraction of the prunable weights that are zero, in [0, 1).
+        distribution: how the sparsity is split across layers: `"erk"`
+            (Erdos-Renyi-Kernel: small layers denser), `"er"` or `"uniform"`.
+        update_freq: optimizer steps between two mask updates.
+        drop_fraction: fraction of each kernel's active weights replaced at the
+            first update; decays to 0 by `end` (cosine).
+        end: fraction of the training steps of `fit` after which the masks
+            stay fixed, in (0, 1].
+        exploration: weight `c` of the exploration bonus. 0 is RigL.
+        epsilon: keeps the bonus finite for positions never active.
+        rescale: multiply the kept initial weights by `1 / sqrt(density)`, so
+            the sparse network starts with the variance of the dense one.
+        seed: int seeding the initial masks; `None` picks one at random.
+        exclude: layer names, regular expressions (matched against whole
+            layer names) or layer classes whose weights stay dense.
+        include_embeddings: whether `Embedding` tables are pruned too.
+    """
+
+    method = "dstee"
+
+    def __init__(
+        self,
+        sparsity=0.9,
+        distribution="erk",
+        update_freq=100,
+        drop_fraction=0.3,
+        end=0.75,
+        exploration=0.5,
+        epsilon=1.0,
+        rescale=True,
+        seed=None,
+        exclude=None,
+        include_embeddings=False,
+    ):
+        _check_fraction("exploration", exploration, 0, float("inf"), False, True)
+        _check_fraction("epsilon", epsilon, 0, float("inf"), False, True)
+        super().__init__(
+            sparsity=sparsity,
+            distribution=distribution,
+            update_freq=update_freq,
+            drop_fraction=drop_fraction,
+            end=end,
+            rescale=rescale,
+            seed=seed,
+            exclude=exclude,
+            include_embeddings=include_embeddings,
+            exploration=float(exploration),
+            epsilon=float(epsilon),
+        )
+
+
+class RigL(SparseTraining):
+    """RigL (Evci et al., 2020): grow the positions with the largest |gradient|.
+
+    Same machinery and arguments as `DSTEE` without the exploration bonus;
+    `RigL(seed=s)` gives the same masks and weights as
+    `DSTEE(exploration=0, seed=s)`.
+    """
+
+    method = "rigl"
+
+
+class SET(SparseTraining):
+    """SET (Mocanu et al., 2018): grow positions chosen at random.
+
+    Same machinery and arguments as `DSTEE` without the exploration bonus.
+    """
+
+    method = "set"
+
+
+class Static(SparseTraining):
+    """Static sparse training: a fixed random mask, never updated.
+
+    Args:
+        sparsity, distribution, rescale, seed, exclude, include_embeddings:
+            as for `DSTEE`.
+    """
+
+    method = "static"
+
+    def __init__(
+        self,
+        sparsity=0.9,
+        distribution="erk",
+        rescale=True,
+        seed=None,
+        exclude=None,
+        include_embeddings=False,
+    ):
+        super().__init__(
+            sparsity=sparsity,
+            distribution=distribution,
+            rescale=rescale,
+            seed=seed,
+            exclude=exclude,
+            include_embeddings=include_embeddings,
+        )

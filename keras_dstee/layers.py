@@ -1,0 +1,100 @@
+"""Which weights of which layers are pruned.
+
+Built-in layers are looked up in `PRUNABLE_WEIGHTS`. A custom layer takes part
+by defining `get_prunable_weights()`, returning the variables to keep sparse:
+
+```python
+class MyLayer(keras.layers.Layer):
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 8))
+
+    def get_prunable_weights(self):
+        return [self.w]
+```
+Biases, normalisation parameters and every other 1-D weight stay dense.
+"""
+
+import re
+
+import keras
+
+_KERNEL = ("kernel",)
+PRUNABLE_WEIGHTS = {
+    keras.layers.Dense: _KERNEL,
+    keras.layers.EinsumDense: _KERNEL,
+    keras.layers.Conv1D: _KERNEL,
+    keras.layers.Conv2D: _KERNEL,
+    keras.layers.Conv3D: _KERNEL,
+    keras.layers.Conv1DTranspose: _KERNEL,
+    keras.layers.Conv2DTranspose: _KERNEL,
+    keras.layers.Conv3DTranspose: _KERNEL,
+    keras.layers.DepthwiseConv1D: ("depthwise_kernel",),
+    keras.layers.DepthwiseConv2D: ("depthwise_kernel",),
+    keras.layers.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
+    keras.layers.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
+}
+EMBEDDING_WEIGHTS = {keras.layers.Embedding: ("embeddings",)}
+
+
+def _own_variables(layer):
+    # Only the layer's own variables: a layer with sublayers lists theirs too.
+    return layer._trainable_variables + layer._non_trainable_variables
+
+
+def layer_prunable_weights(layer, include_embeddings=False):
+    """The variables of `layer` itself that are pruned (may be empty)."""
+    if hasattr(layer, "get_prunable_weights"):
+        return list(layer.get_prunable_weights())
+    table = dict(PRUNABLE_WEIGHTS)
+    if include_embeddings:
+        table.update(EMBEDDING_WEIGHTS)
+    for cls, names in table.items():
+        if isinstance(layer, cls):
+            return [
+                v
+                for v in _own_variables(layer)
+                if v.name in names and len(v.shape) >= 2
+            ]
+    return []
+
+
+def _matches(layer, pattern):
+    if isinstance(pattern, type):
+        return isinstance(layer, pattern)
+    return re.fullmatch(pattern, layer.name) is not None
+
+
+def prunable_variables(model, include_embeddings=False, exclude=None):
+    """The trainable variables of `model` that are trained sparse.
+
+    Args:
+        model: a built `keras.Model`.
+        include_embeddings: whether `Embedding` tables are pruned too.
+        exclude: layer names, regular expressions matched against whole layer
+            names, or layer classes, whose weights stay dense.
+
+    Returns:
+        The variables, in the order of `model.trainable_variables`, each once
+        even when its layer is shared.
+    """
+    exclude = list(exclude or [])
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    for pattern in exclude:
+        if not isinstance(pattern, (str, type)):
+            raise ValueError(
+                "`exclude` takes layer names, regular expressions or layer "
+                f"classes. Received: {pattern!r}"
+            )
+        if not any(_matches(layer, pattern) for layer in layers):
+            names = sorted(layer.name for layer in layers)
+            raise ValueError(
+                f"`exclude` entry {pattern!r} matches no layer of the model. "
+                f"Its layers are: {names}"
+            )
+    chosen = set()
+    for layer in layers:
+        if any(_matches(layer, pattern) for pattern in exclude):
+            continue
+        for variable in layer_prunable_weights(layer, include_embeddings):
+            chosen.add(id(variable))
+    return [v for v in model.trainable_variables if id(v) in chosen]

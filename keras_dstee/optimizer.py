@@ -1,0 +1,435 @@
+"""`SparseOptimizer`: owns the masks and runs drop-and-grow inside the step."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.utils import tracking
+
+from keras_dstee import updates
+from keras_dstee.constraints import MaskConstraint
+from keras_dstee.distributions import active_count
+
+
+class _StepSeed(keras.random.SeedGenerator):
+    """A seed computed inside the compiled step.
+
+    `keras.random` takes an int or a `SeedGenerator`; drawing from a real
+    generator would assign its state inside `ops.cond`, which JAX forbids.
+    """
+
+    def __init__(self, value):
+        self._value = value
+
+    def next(self, ordered=True):
+        return self._value
+
+
+@keras.saving.register_keras_serializable(package="keras_dstee")
+class SparseOptimizer(keras.optimizers.Optimizer):
+    """Trains chosen kernels sparse, with a fixed number of active weights.
+
+    Wraps the user's optimizer the way `LossScaleOptimizer` does. Per sparse
+    kernel it owns a 0/1 mask and an activity counter (how many steps each
+    position has been active); both are optimizer variables, so they live in
+    the compiled step on every backend and are saved with the model. Each step:
+
+    1. the gradients of inactive weights are zeroed, so the inner optimizer's
+       state never grows there;
+    2. the inner optimizer updates, then a `MaskConstraint` re-zeroes every
+       inactive weight;
+    3. every `update_freq` steps until `end_step`, drop-and-grow runs under
+       `ops.cond`: the `f(t)` fraction of active weights with the smallest
+       magnitude is dropped and as many positions are grown by the `method`'s
+       score. Grown weights and their optimizer slots start at 0.
+
+    On its first step the optimizer masks the kernels and, with `rescale`,
+    multiplies the kept weights by `1 / sqrt(density)` so their variance suits
+    the sparse fan-in. Most users never build this class: the `DSTEE`, `RigL`,
+    `SET` and `Static` callbacks do it from `fit`. To use it directly:
+
+    ```python
+    densities = keras_dstee.layer_densities(model, sparsity=0.9)
+    model.compile(
+        optimizer=keras_dstee.SparseOptimizer(
+            keras.optimizers.SGD(0.1, momentum=0.9), densities, end_step=7500
+        ),
+        loss="sparse_categorical_crossentropy",
+    )
+    ```
+
+    Args:
+        inner_optimizer: the `keras.optimizers.Optimizer` doing the updates.
+        densities: dict from variable path (`variable.path`) to the fraction of
+            its weights kept, in (0, 1]. Variables not listed, and those at
+            density 1, stay dense. See `keras_dstee.layer_densities`.
+        method: how positions are grown: `"dstee"` (gradient magnitude plus a
+            coverage exploration bonus), `"rigl"` (gradient magnitude),
+            `"set"` (at random) or `"static"` (no mask updates).
+        update_freq: optimizer steps between two mask updates.
+        drop_fraction: fraction of active weights replaced at the first
+            update; decays to 0 at `end_step` (cosine).
+        end_step: the optimizer step after which masks stay fixed. Required
+            unless a callback sets it.
+        exploration: DST-EE's `c`, the weight of the exploration bonus
+            `sqrt(ln t / (N + epsilon))` against the gradient magnitude
+            normalised by its per-kernel mean. 0 grows exactly like RigL.
+        epsilon: DST-EE's `epsilon`, keeping the bonus finite for positions
+            that have never been active (N = 0).
+        rescale: whether kept weights are multiplied by `1 / sqrt(density)`
+            on the first step.
+        seed: int seeding the initial masks (and SET's random growth).
+        name: the optimizer's name.
+    """
+
+    def __init__(
+        self,
+        inner_optimizer,
+        densities,
+        method="dstee",
+        update_freq=100,
+        drop_fraction=0.3,
+        end_step=None,
+        exploration=0.5,
+        epsilon=1.0,
+        rescale=True,
+        seed=None,
+        name=None,
+        **kwargs,
+    ):
+        if kwargs:
+            raise ValueError(
+                f"SparseOptimizer does not take `{'`, `'.join(kwargs)}`. Set "
+                "learning rate, weight decay, clipping and the like on the "
+                "inner optimizer."
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            raise ValueError(
+                "`inner_optimizer` must be a `keras.optimizers.Optimizer`. "
+                f"Received: {inner_optimizer!r}"
+            )
+        if method not in updates.GROW_METHODS:
+            raise ValueError(
+                f"Unknown `method={method!r}`. Expected one of "
+                f"{updates.GROW_METHODS}."
+            )
+        self.inner_optimizer = inner_optimizer
+        self.densities = {str(k): float(v) for k, v in dict(densities).items()}
+        for path, density in self.densities.items():
+            if not 0 < density <= 1:
+                raise ValueError(
+                    f"The density of {path!r} must be in (0, 1]. "
+                    f"Received: {density}"
+                )
+        self.method = method
+        self.update_freq = int(update_freq)
+        self.drop_fraction = float(drop_fraction)
+        self.end_step = end_step
+        self.exploration = float(exploration)
+        self.epsilon = float(epsilon)
+        self.rescale = bool(rescale)
+        self.seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
+
+    # --- state ---------------------------------------------------------------
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        # Without the decorator the kernel records below would make the model's
+        # kernels and the inner slots count as this optimizer's variables.
+        if self.built:
+            return
+        if not self.inner_optimizer.built:
+            # Slots must exist now: created inside a trace they can't be found.
+            self.inner_optimizer.build(var_list)
+        super().build(var_list)
+        by_path = {v.path: v for v in var_list}
+        unknown = sorted(set(self.densities) - set(by_path))
+        if unknown:
+            raise ValueError(
+                f"`densities` names variables the model does not train: "
+                f"{unknown}. Trainable variables: {sorted(by_path)}"
+            )
+        if self.end_step is None and self.method != "static":
+            raise ValueError(
+                "`end_step` is required: the optimizer step after which masks "
+                "stay fixed. The `DSTEE`/`RigL`/`SET` callbacks set it from "
+                "`fit`; pass it when using `SparseOptimizer` directly."
+            )
+        end = 0 if self.end_step is None else int(self.end_step)
+        self.step = self._scalar("step", 0)
+        self.installed = self._scalar("installed", 0)
+        self.start_step = self._scalar("start_step", 0)
+        self.end_step_variable = self._scalar("end_step", end)
+        self.last_update = self._scalar("last_update", 0)
+        self.kernels = []
+        for index, variable in enumerate(var_list):
+            density = self.densities.get(variable.path, 1.0)
+            active = active_count(variable.shape, density)
+            if active == math.prod(variable.shape):
+                continue
+            self.kernels.append(self._add_kernel(index, variable, active))
+
+    def _scalar(self, name, value):
+        return self.add_variable(
+            shape=(),
+            dtype="int",
+            initializer=keras.initializers.Constant(value),
+            name=name,
+        )
+
+    def _add_kernel(self, index, variable, active):
+        """Creates the mask and counter of one kernel; returns its record."""
+        shape = tuple(variable.shape)
+        size = math.prod(shape)
+        # Exactly `active` random positions; numpy makes it the same on every
+        # backend. Passed as the initializer: an assign right after creation
+        # is lost when the build runs inside a TF trace.
+        rng = np.random.default_rng([self.seed, index])
+        flat = np.zeros(size, "float32")
+        flat[rng.permutation(size)[:active]] = 1.0
+        initial = flat.reshape(shape)
+        prefix = variable.path.replace("/", "_")
+        mask = self.add_variable(
+            shape=shape,
+            dtype="float32",
+            initializer=lambda shape, dtype: ops.convert_to_tensor(initial, dtype),
+            name=f"{prefix}_mask",
+        )
+        counter = self.add_variable(
+            shape=shape, dtype="float32", name=f"{prefix}_active_steps"
+        )
+        slots = [
+            s
+            for s in self.inner_optimizer.variables
+            if s.name.startswith(prefix + "_") and tuple(s.shape) == shape
+        ]
+        variable.constraint = MaskConstraint(mask, variable.constraint)
+        return {
+            "index": index,
+            "variable": variable,
+            "mask": mask,
+            "counter": counter,
+            "slots": slots,
+            "active": active,
+            "density": active / size,
+            "max_update": math.ceil(self.drop_fraction * active),
+        }
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    # --- the step ------------------------------------------------------------
+
+    def apply(self, grads, trainable_variables=None):
+        if not self.built:
+            self.build(list(trainable_variables))
+            self.built = True
+        if trainable_variables is not None:
+            self._check_variables_are_known(trainable_variables)
+            variables = list(trainable_variables)
+        else:
+            variables = self._trainable_variables
+        grads = list(grads)
+        positions = {self._var_key(v): i for i, v in enumerate(variables)}
+        kernels = [
+            (k, positions[self._var_key(k["variable"])])
+            for k in self.kernels
+            if self._var_key(k["variable"]) in positions
+        ]
+        self.step.assign_add(1)
+        self._install_once(kernels)
+        dense_grads = {id(k): grads[i] for k, i in kernels}
+        for k, i in kernels:
+            if grads[i] is not None:
+                grads[i] = grads[i] * ops.cast(k["mask"], grads[i].dtype)
+        self.inner_optimizer.apply(grads, variables)
+        self._update_masks([(k, dense_grads[id(k)]) for k, _ in kernels])
+
+    def install(self):
+        """Masks (and rescales) the kernels now rather than on the first step,
+        so the first forward pass already sees the sparse model. Runs once."""
+        self._install_once([(k, None) for k in self.kernels])
+
+    def _install_once(self, kernels):
+        """Masks (and rescales) the kernels on the first step after a build."""
+        targets = [k["variable"] for k, _ in kernels]
+
+        def install():
+            values = []
+            for k, _ in kernels:
+                w = ops.convert_to_tensor(k["variable"])
+                scale = 1.0 / math.sqrt(k["density"]) if self.rescale else 1.0
+                values.append(w * ops.cast(k["mask"], w.dtype) * scale)
+            return values
+
+        self._cond_assign(ops.equal(self.installed, 0), install, targets)
+        self.installed.assign(1)
+
+    def _cond_assign(self, predicate, compute, targets):
+        """`targets[i].assign(compute()[i])` when `predicate` holds.
+
+        JAX forbids assignments inside `ops.cond`, so there both branches
+        return values and the assignment happens outside (free in a stateless
+        step). Elsewhere the assignment stays inside the branch, so a skipped
+        step copies nothing.
+        """
+        if not targets:
+            return
+        if keras.backend.backend() == "jax":
+            values = ops.cond(
+                predicate, compute, lambda: [ops.convert_to_tensor(t) for t in targets]
+            )
+            for target, value in zip(targets, values):
+                target.assign(value)
+            return
+
+        def compute_and_assign():
+            for target, value in zip(targets, compute()):
+                target.assign(value)
+
+        ops.cond(predicate, compute_and_assign, lambda: None)
+
+    def _update_masks(self, kernels_and_grads):
+        kernels_and_grads = [
+            (k, g) for k, g in kernels_and_grads if k["max_update"] > 0 and g is not None
+        ]
+        if self.method == "static" or not kernels_and_grads:
+            return
+        step = ops.convert_to_tensor(self.step)
+        end = ops.convert_to_tensor(self.end_step_variable)
+        fraction = updates.drop_fraction_at(
+            step, self.start_step, end, self.drop_fraction
+        )
+        due = ops.logical_and(
+            ops.equal(step % self.update_freq, 0), ops.less(step, end)
+        )
+        targets = [self.last_update]
+        for k, _ in kernels_and_grads:
+            targets += [k["mask"], k["counter"], k["variable"]] + k["slots"]
+
+        def compute():
+            # A non-finite gradient would corrupt the scores: keep the masks.
+            finite = ops.all(
+                ops.stack([ops.all(ops.isfinite(g)) for _, g in kernels_and_grads])
+            )
+            elapsed = ops.cast(step - self.last_update, "float32")
+            values = [ops.convert_to_tensor(step)]
+            for number, (k, grad) in enumerate(kernels_and_grads):
+                old = [k["mask"], k["counter"], k["variable"]] + k["slots"]
+                old = [ops.convert_to_tensor(v) for v in old]
+                new = self._drop_and_grow(k, grad, step, fraction, elapsed, number)
+                values += [ops.where(finite, n, o) for n, o in zip(new, old)]
+            return values
+
+        self._cond_assign(due, compute, targets)
+
+    def _drop_and_grow(self, kernel, grad, step, fraction, elapsed, number):
+        mask = ops.convert_to_tensor(kernel["mask"])
+        counter = ops.convert_to_tensor(kernel["counter"]) + elapsed * mask
+        weight = ops.convert_to_tensor(kernel["variable"])
+        if self.method == "set":
+            seed = ops.stack(
+                [ops.cast(step, "int32"), ops.cast(self.seed % 2**20 + number, "int32")]
+            )
+            seed = ops.cast(seed, keras.src.backend.random_seed_dtype())
+            scores = keras.random.uniform(mask.shape, seed=_StepSeed(seed))
+        elif self.method == "rigl":
+            scores = ops.abs(ops.cast(grad, "float32"))
+        else:
+            scores = updates.grow_scores(
+                grad, counter, step, self.exploration, self.epsilon
+            )
+        count = ops.cast(ops.ceil(fraction * kernel["active"]), "int32")
+        count = ops.minimum(count, kernel["max_update"])
+        new_mask, grown = updates.drop_and_grow(
+            weight, mask, scores, count, kernel["max_update"]
+        )
+        keep = new_mask * (1.0 - grown)
+        new_slots = [
+            ops.convert_to_tensor(s) * ops.cast(keep, s.dtype) for s in kernel["slots"]
+        ]
+        return [new_mask, counter, weight * ops.cast(keep, weight.dtype)] + new_slots
+
+    # --- delegation to the inner optimizer -------------------------------------
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    # --- metrics -------------------------------------------------------------
+
+    def sparsity_stats(self):
+        """Current `sparsity`, `coverage` and `drop_fraction`, as Python floats.
+
+        `sparsity` is the fraction of exact zeros over all sparse kernels,
+        `coverage` the fraction of their positions ever active, and
+        `drop_fraction` the fraction the next mask update would replace.
+        Reads variable values: on JAX, call it through the model (a callback's
+        `self.model`) so the values are in sync.
+        """
+        size = zeros = ever_active = 0
+        for k in self.kernels:
+            weight = ops.convert_to_numpy(k["variable"])
+            mask = ops.convert_to_numpy(k["mask"])
+            counter = ops.convert_to_numpy(k["counter"])
+            size += weight.size
+            zeros += int(np.sum(weight == 0))
+            ever_active += int(np.sum((mask > 0) | (counter > 0)))
+        step = int(ops.convert_to_numpy(self.step))
+        fraction = updates.drop_fraction_at(
+            step + 1,
+            int(ops.convert_to_numpy(self.start_step)),
+            int(ops.convert_to_numpy(self.end_step_variable)),
+            self.drop_fraction,
+        )
+        return {
+            "sparsity": zeros / size if size else 0.0,
+            "coverage": ever_active / size if size else 0.0,
+            "drop_fraction": float(ops.convert_to_numpy(fraction))
+            if self.method != "static"
+            else 0.0,
+        }
+
+    # --- serialization ---------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(
+                self.inner_optimizer
+            ),
+            "densities": self.densities,
+            "method": self.method,
+            "update_freq": self.update_freq,
+            "drop_fraction": self.drop_fraction,
+            "end_step": self.end_step,
+            "exploration": self.exploration,
+            "epsilon": self.epsilon,
+            "rescale": self.rescale,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        return cls(inner, **config)

@@ -1,0 +1,80 @@
+"""Pure drop-and-grow functions on tensors, written with `keras.ops`.
+
+Everything here is a function of tensors with static shapes, so it runs
+unchanged inside a compiled train step on TensorFlow, JAX and PyTorch.
+"""
+
+import math
+
+from keras import ops
+
+GROW_METHODS = ("dstee", "rigl", "set", "static")
+
+
+def drop_fraction_at(step, start_step, end_step, drop_fraction):
+    """Cosine decay of the drop fraction: `drop_fraction` at `start_step`, 0 at
+    `end_step` and after it."""
+    step = ops.cast(step, "float32")
+    start = ops.cast(start_step, "float32")
+    end = ops.cast(end_step, "float32")
+    progress = ops.clip((step - start) / ops.maximum(end - start, 1.0), 0.0, 1.0)
+    return 0.5 * drop_fraction * (1.0 + ops.cos(math.pi * progress))
+
+
+def grow_scores(grad, counter, step, exploration, epsilon):
+    """DST-EE's acquisition score `|g| / mean|g| + c * sqrt(ln t / (N + eps))`.
+
+    The gradient term is divided by its mean over the kernel so that
+    `exploration` has the same meaning in every layer and every model (|g|
+    alone varies by orders of magnitude). Dividing by a positive constant does
+    not change the order within a kernel, so `exploration=0` ranks exactly
+    like RigL; that case skips the bonus and the division entirely, which also
+    avoids `0 * inf` when `N = 0` and `epsilon = 0`.
+    """
+    magnitude = ops.abs(ops.cast(grad, "float32"))
+    if exploration == 0:
+        return magnitude
+    magnitude = magnitude / (ops.mean(magnitude) + 1e-12)
+    log_t = ops.log(ops.maximum(ops.cast(step, "float32"), 1.0))
+    bonus = ops.sqrt(log_t / (counter + epsilon))
+    return magnitude + exploration * bonus
+
+
+def drop_and_grow(weight, mask, scores, num_update, max_update):
+    """One drop-and-grow on a single kernel.
+
+    Drops the `num_update` active weights with the smallest magnitude, then
+    activates the `num_update` inactive positions (just-dropped ones included)
+    with the highest `scores`. The number of active positions is unchanged.
+
+    Args:
+        weight: the kernel, any shape.
+        mask: float 0/1 tensor of the same shape.
+        scores: grow scores of the same shape (higher grows first).
+        num_update: scalar int tensor, how many to drop and grow; at most
+            `max_update`.
+        max_update: Python int, the static bound `top_k` needs.
+
+    Returns:
+        `(new_mask, grown)`: the new 0/1 mask and the 0/1 indicator of the
+        positions that became active (their weights and slots start at 0).
+    """
+    shape = ops.shape(mask)
+    mask = ops.reshape(ops.cast(mask, "float32"), (-1,))
+    magnitude = ops.reshape(ops.abs(ops.cast(weight, "float32")), (-1,))
+    scores = ops.reshape(ops.cast(scores, "float32"), (-1,))
+    in_first_k = ops.arange(max_update) < num_update
+
+    # Drop: the smallest active magnitudes (inactive positions rank last).
+    inf = ops.convert_to_tensor(float("inf"))
+    _, drop_index = ops.top_k(-ops.where(mask > 0, magnitude, inf), max_update)
+    drop_value = ops.where(in_first_k, 0.0, ops.take(mask, drop_index))
+    dropped = ops.scatter_update(mask, drop_index[:, None], drop_value)
+
+    # Grow: the best-scoring positions that are inactive after the drop.
+    _, grow_index = ops.top_k(ops.where(dropped > 0, -inf, scores), max_update)
+    grow_value = ops.where(in_first_k, 1.0, ops.take(dropped, grow_index))
+    new_mask = ops.scatter_update(dropped, grow_index[:, None], grow_value)
+
+    grown = new_mask * (1.0 - dropped)
+    return ops.reshape(new_mask, shape), ops.reshape(grown, shape)
