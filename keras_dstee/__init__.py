@@ -7,5 +7,17 @@ from keras_dstee.callback import SparseTraining
 from keras_dstee.callback import Static
 from keras_dstee.distributions import layer_densities
 from keras_dstee.optimizer import SparseOptimizer
+from keras_dstee.report import summary
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DSTEE",
+    "SET",
+    "RigL",
+    "SparseOptimizer",
+    "SparseTraining",
+    "Static",
+    "layer_densities",
+    "summary",
+]

@@ -28,8 +28,8 @@ PRUNABLE_WEIGHTS = {
     keras.layers.Conv1DTranspose: _KERNEL,
     keras.layers.Conv2DTranspose: _KERNEL,
     keras.layers.Conv3DTranspose: _KERNEL,
-    keras.layers.DepthwiseConv1D: ("depthwise_kernel",),
-    keras.layers.DepthwiseConv2D: ("depthwise_kernel",),
+    keras.layers.DepthwiseConv1D: _KERNEL,
+    keras.layers.DepthwiseConv2D: _KERNEL,
     keras.layers.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
     keras.layers.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
 }

@@ -40,7 +40,7 @@ def _weights(model):
 
 
 def test_model_without_prunable_kernel(data):
-    x, y = data
+    x, _ = data
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.BatchNormalization()])
     model.compile(optimizer="sgd", loss="mse")

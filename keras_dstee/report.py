@@ -1,0 +1,181 @@
+"""`summary(model)`: per-kernel density, nonzeros and inference FLOPs."""
+
+import math
+import re
+
+import keras
+import numpy as np
+
+from keras_dstee.layers import layer_prunable_weights
+from keras_dstee.optimizer import SparseOptimizer
+
+
+def _record_call_shapes(model, prunable_layers, input_shape):
+    """Runs the model once on zeros (batch 1) and records, for each prunable
+    layer, the (input shape, output shape) of every call."""
+    shapes = {id(layer): [] for layer in prunable_layers}
+    # The instance attribute shadows the class's `call` for this one run.
+    shadowed = {id(layer): layer.__dict__.get("call") for layer in prunable_layers}
+    for layer in prunable_layers:
+
+        def recording_call(*args, __layer=layer, __call=layer.call, **kwargs):
+            outputs = __call(*args, **kwargs)
+            first_in = keras.tree.flatten(args)[0]
+            first_out = keras.tree.flatten(outputs)[0]
+            shapes[id(__layer)].append((tuple(first_in.shape), tuple(first_out.shape)))
+            return outputs
+
+        layer.call = recording_call
+    try:
+        if input_shape is None:
+            inputs = getattr(model, "inputs", None)
+            if not inputs:
+                raise ValueError(
+                    f"Can't tell the input shape of {model.name!r} (a "
+                    "subclassed model?): pass `input_shape`, e.g. "
+                    "`summary(model, input_shape=(32, 32, 3))`."
+                )
+            batch = [keras.ops.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in inputs]
+            batch = batch[0] if len(batch) == 1 else batch
+        else:
+            batch = keras.ops.zeros((1,) + tuple(input_shape))
+        model(batch, training=False)
+    finally:
+        for layer in prunable_layers:
+            if shadowed[id(layer)] is None:
+                del layer.call
+            else:
+                layer.call = shadowed[id(layer)]
+    return shapes
+
+
+def _einsum_macs(equation, in_shape, kernel_shape, out_shape):
+    match = re.fullmatch(r"(\w+),(\w+)->(\w+)", equation.replace(" ", ""))
+    if match is None:
+        return None
+    sizes = {}
+    for subscripts, shape in zip(match.groups(), (in_shape, kernel_shape, out_shape)):
+        sizes.update(zip(subscripts, shape))
+    return math.prod(sizes.values())
+
+
+def _macs(layer, variable, in_shape, out_shape):
+    """Multiply-adds of one call of `layer` for `variable`, batch 1."""
+    kernel = tuple(variable.shape)
+    size = math.prod(kernel)
+    if isinstance(layer, keras.layers.Embedding):
+        return 0
+    if isinstance(layer, keras.layers.EinsumDense):
+        macs = _einsum_macs(layer.equation, in_shape, kernel, out_shape)
+        if macs is not None:
+            return macs
+    if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+        positions = math.prod(out_shape[1:]) // layer.filters
+        return size * positions
+    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+        return size * math.prod(out_shape[1:]) // (kernel[-2] * kernel[-1])
+    if isinstance(
+        layer,
+        (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose),
+    ):
+        return size * math.prod(in_shape[1:]) // kernel[-1]
+    # Dense, Conv and custom kernels whose last axis is the output features.
+    return size * math.prod(out_shape[1:]) // kernel[-1]
+
+
+def summary(model, input_shape=None, print_fn=None):
+    """Prints and returns each prunable kernel's density, nonzeros and FLOPs.
+
+    FLOPs are inference multiply-adds for one example, counted the way the
+    sparse-training literature does: each conv/dense layer's multiply-adds
+    scaled by its kernel's density. Layers without prunable kernels
+    (normalisation, pooling, activations) are not counted.
+
+    Args:
+        model: a built `keras.Model`, trained sparse or not.
+        input_shape: one example's input shape, needed only when the model
+            has no `inputs` (a subclassed model).
+        print_fn: function that prints each line; defaults to `print`. Pass
+            `lambda line: None` to only get the returned dict.
+
+    Returns:
+        `{"kernels": [...], "total": {...}}`. Each kernel entry has `layer`,
+        `path`, `shape`, `size`, `active` (positions allowed nonzero),
+        `density`, `nonzeros`, `flops_dense` and `flops_sparse`; `total` sums
+        `size`, `active`, `nonzeros` and both FLOPs, with the overall
+        `density` and `sparsity`.
+    """
+    print_fn = print_fn or print
+    optimizer = getattr(model, "optimizer", None)
+    active = {}
+    if isinstance(optimizer, SparseOptimizer) and optimizer.built:
+        active = {id(k["variable"]): k["active"] for k in optimizer.kernels}
+    layers = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        weights = layer_prunable_weights(layer, include_embeddings=True)
+        if weights and all(seen is not layer for seen, _ in layers):
+            layers.append((layer, weights))
+    shapes = _record_call_shapes(model, [layer for layer, _ in layers], input_shape)
+
+    rows = []
+    for layer, weights in layers:
+        for variable in weights:
+            value = keras.ops.convert_to_numpy(variable)
+            nonzeros = int(np.count_nonzero(value))
+            count = active.get(id(variable), value.size)
+            density = count / value.size
+            flops = sum(_macs(layer, variable, i, o) for i, o in shapes[id(layer)])
+            rows.append(
+                {
+                    "layer": layer.name,
+                    "path": variable.path,
+                    "shape": tuple(variable.shape),
+                    "size": int(value.size),
+                    "active": int(count),
+                    "density": density,
+                    "nonzeros": nonzeros,
+                    "flops_dense": int(flops),
+                    "flops_sparse": int(round(flops * density)),
+                }
+            )
+    total = {key: sum(r[key] for r in rows) for key in ("size", "active", "nonzeros", "flops_dense", "flops_sparse")}
+    total["density"] = total["active"] / total["size"] if total["size"] else 0.0
+    total["sparsity"] = 1.0 - total["nonzeros"] / total["size"] if total["size"] else 0.0
+    _print_table(model, rows, total, print_fn)
+    return {"kernels": rows, "total": total}
+
+
+def _print_table(model, rows, total, print_fn):
+    header = ("Kernel", "Shape", "Density", "Nonzeros", "FLOPs dense", "FLOPs sparse")
+    table = [
+        (
+            r["path"],
+            str(r["shape"]),
+            f"{r['density']:.4f}",
+            f"{r['nonzeros']:,}",
+            f"{r['flops_dense']:,}",
+            f"{r['flops_sparse']:,}",
+        )
+        for r in rows
+    ]
+    footer = (
+        "Total",
+        f"{total['size']:,} weights",
+        f"{total['density']:.4f}",
+        f"{total['nonzeros']:,}",
+        f"{total['flops_dense']:,}",
+        f"{total['flops_sparse']:,}",
+    )
+    widths = [max(len(line[i]) for line in [header, footer, *table]) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    rule = "-" * len(line(header))
+    print_fn(f'Sparsity summary: "{model.name}" (FLOPs: multiply-adds per example)')
+    print_fn(rule)
+    print_fn(line(header))
+    print_fn(rule)
+    for cells in table:
+        print_fn(line(cells))
+    print_fn(rule)
+    print_fn(line(footer))
+    flops_ratio = total["flops_sparse"] / total["flops_dense"] if total["flops_dense"] else 0.0
+    print_fn(f"Sparsity {total['sparsity']:.4f}; inference FLOPs {flops_ratio:.4f}x dense")
