@@ -1,11 +1,15 @@
 """keras-dstee: dynamic sparse training (DST-EE, RigL, SET, static) for Keras 3."""
 
+from keras_dstee import models
 from keras_dstee.callback import DSTEE
 from keras_dstee.callback import SET
 from keras_dstee.callback import RigL
 from keras_dstee.callback import SparseTraining
 from keras_dstee.callback import Static
 from keras_dstee.distributions import layer_densities
+from keras_dstee.export import export_saved_model
+from keras_dstee.export import export_tflite
+from keras_dstee.export import strip
 from keras_dstee.optimizer import SparseOptimizer
 from keras_dstee.report import summary
 
@@ -18,6 +22,10 @@ __all__ = [
     "SparseOptimizer",
     "SparseTraining",
     "Static",
+    "export_saved_model",
+    "export_tflite",
     "layer_densities",
+    "models",
+    "strip",
     "summary",
 ]

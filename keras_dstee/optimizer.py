@@ -62,8 +62,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     Args:
         inner_optimizer: the `keras.optimizers.Optimizer` doing the updates.
         densities: dict from variable path (`variable.path`) to the fraction of
-            its weights kept, in (0, 1]. Variables not listed, and those at
-            density 1, stay dense. See `keras_dstee.layer_densities`.
+            its weights kept, in (0, 1], as `keras_dstee.layer_densities`
+            returns; or a list with one density per trainable variable.
+            Variables not listed, and those at density 1, stay dense.
         method: how positions are grown: `"dstee"` (gradient magnitude plus a
             coverage exploration bonus), `"rigl"` (gradient magnitude),
             `"set"` (at random) or `"static"` (no mask updates).
@@ -116,11 +117,16 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 f"{updates.GROW_METHODS}."
             )
         self.inner_optimizer = inner_optimizer
-        self.densities = {str(k): float(v) for k, v in dict(densities).items()}
-        for path, density in self.densities.items():
+        if isinstance(densities, dict):
+            self.densities = {str(k): float(v) for k, v in densities.items()}
+            named = self.densities.items()
+        else:
+            self.densities = [float(v) for v in densities]
+            named = enumerate(self.densities)
+        for key, density in named:
             if not 0 < density <= 1:
                 raise ValueError(
-                    f"The density of {path!r} must be in (0, 1]. "
+                    f"The density of {key!r} must be in (0, 1]. "
                     f"Received: {density}"
                 )
         self.method = method
@@ -144,13 +150,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             # Slots must exist now: created inside a trace they can't be found.
             self.inner_optimizer.build(var_list)
         super().build(var_list)
-        by_path = {v.path: v for v in var_list}
-        unknown = sorted(set(self.densities) - set(by_path))
-        if unknown:
-            raise ValueError(
-                f"`densities` names variables the model does not train: "
-                f"{unknown}. Trainable variables: {sorted(by_path)}"
-            )
+        self.densities = self._densities_by_position(var_list)
         if self.end_step is None and self.method != "static":
             raise ValueError(
                 "`end_step` is required: the optimizer step after which masks "
@@ -163,13 +163,33 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.start_step = self._scalar("start_step", 0)
         self.end_step_variable = self._scalar("end_step", end)
         self.last_update = self._scalar("last_update", 0)
+        # Until `install()` runs eagerly, the step itself checks `installed`.
+        self._install_pending = True
         self.kernels = []
-        for index, variable in enumerate(var_list):
-            density = self.densities.get(variable.path, 1.0)
+        for index, (variable, density) in enumerate(zip(var_list, self.densities)):
             active = active_count(variable.shape, density)
             if active == math.prod(variable.shape):
                 continue
             self.kernels.append(self._add_kernel(index, variable, active))
+
+    def _densities_by_position(self, var_list):
+        """One density per trainable variable. Saved in this form: variable
+        paths can change when a model is loaded, positions don't."""
+        if isinstance(self.densities, list):
+            if len(self.densities) != len(var_list):
+                raise ValueError(
+                    f"`densities` has {len(self.densities)} entries but the "
+                    f"model trains {len(var_list)} variables."
+                )
+            return self.densities
+        paths = [v.path for v in var_list]
+        unknown = sorted(set(self.densities) - set(paths))
+        if unknown:
+            raise ValueError(
+                f"`densities` names variables the model does not train: "
+                f"{unknown}. Trainable variables: {sorted(paths)}"
+            )
+        return [self.densities.get(path, 1.0) for path in paths]
 
     def _scalar(self, name, value):
         return self.add_variable(
@@ -240,7 +260,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if self._var_key(k["variable"]) in positions
         ]
         self.step.assign_add(1)
-        self._install_once(kernels)
+        if self._install_pending:
+            self._install_once(kernels)
         dense_grads = {id(k): grads[i] for k, i in kernels}
         for k, i in kernels:
             if grads[i] is not None:
@@ -252,6 +273,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         """Masks (and rescales) the kernels now rather than on the first step,
         so the first forward pass already sees the sparse model. Runs once."""
         self._install_once([(k, None) for k in self.kernels])
+        self._install_pending = False
 
     def _install_once(self, kernels):
         """Masks (and rescales) the kernels on the first step after a build."""
@@ -274,7 +296,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         JAX forbids assignments inside `ops.cond`, so there both branches
         return values and the assignment happens outside (free in a stateless
         step). Elsewhere the assignment stays inside the branch, so a skipped
-        step copies nothing.
+        step copies nothing; torch uses a plain `if`.
         """
         if not targets:
             return
@@ -290,6 +312,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             for target, value in zip(targets, compute()):
                 target.assign(value)
 
+        if keras.backend.backend() == "torch":
+            # `ops.cond` is a Python `if` on torch anyway, and under
+            # torch.compile each call names a new op and forces a recompile.
+            if bool(predicate):
+                compute_and_assign()
+            return
         ops.cond(predicate, compute_and_assign, lambda: None)
 
     def _update_masks(self, kernels_and_grads):
@@ -415,7 +443,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "inner_optimizer": keras.saving.serialize_keras_object(
                 self.inner_optimizer
             ),
-            "densities": self.densities,
+            # Plain types: TF wraps attributes in its own tracking containers.
+            "densities": dict(self.densities)
+            if hasattr(self.densities, "items")
+            else list(self.densities),
             "method": self.method,
             "update_freq": self.update_freq,
             "drop_fraction": self.drop_fraction,

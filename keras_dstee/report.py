@@ -122,7 +122,8 @@ def summary(model, input_shape=None, print_fn=None):
         for variable in weights:
             value = keras.ops.convert_to_numpy(variable)
             nonzeros = int(np.count_nonzero(value))
-            count = active.get(id(variable), value.size)
+            # Without the wrapper (a stripped or loaded model) the zeros tell.
+            count = active.get(id(variable), nonzeros)
             density = count / value.size
             flops = sum(_macs(layer, variable, i, o) for i, o in shapes[id(layer)])
             rows.append(

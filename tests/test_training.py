@@ -175,3 +175,35 @@ def test_fit_twice_continues(data):
     counters = [to_numpy(k["counter"]) for k in optimizer.kernels]
     assert max(c.max() for c in counters) >= 8  # counted across both fits
     assert_budget(model)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["nojit", "jit"])
+def test_sparse_optimizer_compiled_directly(data, jit_compile):
+    x, y = data
+    model = small_cnn(seed=6)
+    dense = [to_numpy(v) for v in model.trainable_variables]
+    densities = keras_dstee.layer_densities(model, sparsity=0.8)
+    optimizer = keras_dstee.SparseOptimizer(
+        keras.optimizers.SGD(0.0), densities, method="rigl", update_freq=1000, end_step=100, seed=4
+    )
+    compile_model(model, optimizer, jit_compile)
+    checks = []
+
+    def check(model, batch):
+        assert_budget(model)
+        checks.append(batch)
+
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[EveryStep(check)])
+    assert len(checks) == 8
+    # Masked and rescaled once, inside the first step (learning rate 0).
+    for kernel in optimizer.kernels:
+        expected = dense[kernel["index"]] * to_numpy(kernel["mask"]) / np.sqrt(kernel["density"])
+        np.testing.assert_allclose(to_numpy(kernel["variable"]), expected, rtol=1e-6)
+
+
+def test_sparse_optimizer_needs_end_step(data):
+    model = small_cnn()
+    densities = keras_dstee.layer_densities(model, sparsity=0.8)
+    optimizer = keras_dstee.SparseOptimizer(keras.optimizers.SGD(), densities)
+    with pytest.raises(ValueError, match="end_step"):
+        optimizer.build(model.trainable_variables)

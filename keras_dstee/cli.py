@@ -1,0 +1,90 @@
+"""`keras-dstee`: summarise or export a saved `.keras` model.
+
+    keras-dstee summary m.keras
+    keras-dstee export m.keras --tflite out.tflite [--int8] [--dense]
+    keras-dstee export m.keras --saved-model out_dir
+"""
+
+import argparse
+import json
+import os
+import sys
+import zipfile
+
+
+def _load(parser, path):
+    if not os.path.isfile(path):
+        parser.error(f"no such file: {path}")
+    if not zipfile.is_zipfile(path):
+        parser.error(f"not a Keras model file (.keras): {path}")
+    import keras
+
+    import keras_dstee  # noqa: F401  (registers SparseOptimizer for loading)
+
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001  (any failure means: not loadable)
+        parser.error(f"could not load {path} as a Keras model: {error}")
+
+
+def _check_folder(parser, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"the output folder does not exist: {folder}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="keras-dstee", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    summary = commands.add_parser("summary", help="per-kernel density, nonzeros and FLOPs")
+    summary.add_argument("model", help="a .keras file")
+    summary.add_argument("--input-shape", help="one example's shape, e.g. 32,32,3 (subclassed models)")
+    export = commands.add_parser("export", help="export to TFLite and/or a SavedModel")
+    export.add_argument("model", help="a .keras file")
+    export.add_argument("--tflite", help="the .tflite file to write")
+    export.add_argument("--int8", action="store_true", help="int8 weights (dynamic range)")
+    export.add_argument("--dense", action="store_true", help="do not use the sparse tensor format")
+    export.add_argument("--saved-model", help="the SavedModel folder to write")
+    export.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    args = parser.parse_args(argv)
+
+    if args.command == "summary":
+        import keras_dstee
+
+        model = _load(parser, args.model)
+        shape = tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
+        keras_dstee.summary(model, input_shape=shape)
+        return 0
+
+    if not (args.tflite or args.saved_model):
+        parser.error("give --tflite FILE and/or --saved-model DIR")
+    for path in (args.tflite, args.saved_model):
+        if path:
+            _check_folder(parser, path)
+    model = _load(parser, args.model)
+    from keras_dstee import export as export_lib
+
+    report = {}
+    if args.saved_model:
+        report["saved_model"] = export_lib.export_saved_model(model, args.saved_model)
+    if args.tflite:
+        report.update(
+            export_lib.export_tflite(
+                model, args.tflite, sparse=not args.dense, quantize="int8" if args.int8 else None
+            )
+        )
+    if args.json:
+        print(json.dumps(report))
+    elif args.tflite:
+        kb = lambda n: f"{n / 1024:,.1f} KB"  # noqa: E731
+        print(f"wrote {report['path']}: {kb(report['bytes'])} ({kb(report['gzip_bytes'])} gzipped)")
+        print(f"dense export:  {kb(report['dense_bytes'])} ({kb(report['dense_gzip_bytes'])} gzipped)")
+        if report["op_resolver"] != "default":
+            print(f"run it with op resolver {report['op_resolver']}")
+    else:
+        print(f"wrote {report['saved_model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Strip the training wrapper; export SavedModel and sparse TFLite files.
+
+The kernels are physically zero, so a sparse model is a plain Keras model:
+stripping only removes the `SparseOptimizer` and its mask constraints. TFLite
+conversion needs TensorFlow's graph: on the TensorFlow backend it runs in
+process; from JAX or PyTorch the model goes through its backend-neutral
+`.keras` file into a TensorFlow-backend subprocess.
+"""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import keras
+
+from keras_dstee.constraints import MaskConstraint
+from keras_dstee.optimizer import SparseOptimizer
+
+QUANTIZE = (None, "int8")
+
+
+def strip(model):
+    """Removes the sparse-training wrapper from `model`, in place.
+
+    The weights are untouched (already exactly sparse). The model's optimizer
+    becomes the user's original one, the mask constraints leave its variables
+    (constraints the user set are put back), and a `.keras` file saved
+    afterwards loads without `keras_dstee` installed.
+
+    Returns:
+        The same model.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if not isinstance(optimizer, SparseOptimizer):
+        return model
+    for variable in model.trainable_variables:
+        if isinstance(variable.constraint, MaskConstraint):
+            variable.constraint = variable.constraint.user_constraint
+    model.optimizer = optimizer.inner_optimizer
+    compile_config = getattr(model, "_compile_config", None)
+    if compile_config is not None:
+        compile_config.config["optimizer"] = optimizer.inner_optimizer
+    model.train_function = None
+    return model
+
+
+def _check_output_path(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"The folder of the output path does not exist: {folder}")
+
+
+def export_saved_model(model, path):
+    """Exports `model`'s inference function as a TensorFlow SavedModel.
+
+    Works from every backend: TensorFlow and JAX export directly (JAX through
+    jax2tf); PyTorch rebuilds the model from its `.keras` file under the
+    TensorFlow backend in a subprocess. The model itself is not modified.
+
+    Returns:
+        `path`.
+    """
+    _check_output_path(path)
+    if keras.backend.backend() in ("tensorflow", "jax"):
+        model.export(path, format="tf_saved_model", verbose=False)
+        return path
+    _run_in_tensorflow(model, ["--saved-model", path])
+    return path
+
+
+def export_tflite(model, path, sparse=True, quantize=None):
+    """Exports `model` to a TFLite file, storing sparse kernels compactly.
+
+    Args:
+        model: a Keras model (trained sparse or not), on any backend.
+        path: the `.tflite` file to write.
+        sparse: store kernels with TFLite's sparse format
+            (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`).
+        quantize: `None` (float32) or `"int8"` (int8 weights, dynamic-range
+            quantization; no calibration data needed).
+
+    Returns:
+        A dict: `path`; `bytes` and `gzip_bytes` of the file; `dense_bytes`
+        and `dense_gzip_bytes` of the same export without the sparse format;
+        `op_resolver`: `"default"`, or, for sparse int8 files,
+        `"BUILTIN_WITHOUT_DEFAULT_DELEGATES"` -- their sparse int8 kernels
+        fail in the default XNNPack delegate, so build the interpreter with
+        `experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`.
+    """
+    if quantize not in QUANTIZE:
+        raise ValueError(f"`quantize` must be one of {QUANTIZE}. Received: quantize={quantize!r}")
+    _check_output_path(path)
+    if keras.backend.backend() != "tensorflow":
+        flags = ["--tflite", path] + (["--dense"] if not sparse else [])
+        flags += ["--int8"] if quantize == "int8" else []
+        return _run_in_tensorflow(model, flags)
+    with tempfile.TemporaryDirectory() as folder:
+        saved = os.path.join(folder, "saved_model")
+        model.export(saved, format="tf_saved_model", verbose=False)
+        flat = _convert(saved, sparse=False, quantize=quantize)
+        data = _convert(saved, sparse=True, quantize=quantize) if sparse else flat
+    with open(path, "wb") as f:
+        f.write(data)
+    return {
+        "path": path,
+        "bytes": len(data),
+        "gzip_bytes": len(gzip.compress(data)),
+        "dense_bytes": len(flat),
+        "dense_gzip_bytes": len(gzip.compress(flat)),
+        "op_resolver": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
+        if sparse and quantize == "int8"
+        else "default",
+    }
+
+
+def _convert(saved_model, sparse, quantize):
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    optimizations = []
+    if quantize == "int8":
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    return converter.convert()
+
+
+def _run_in_tensorflow(model, flags):
+    """Saves `model` to a `.keras` file and exports it from a TensorFlow
+    backend process (`keras-dstee export`), returning its JSON report."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "model.keras")
+        model.save(source)
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        command = [sys.executable, "-m", "keras_dstee.cli", "export", source, *flags, "--json"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(
+            "Export under the TensorFlow backend failed:\n" + result.stderr[-3000:]
+        )
+    return json.loads(result.stdout.strip().splitlines()[-1])
