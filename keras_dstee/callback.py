@@ -182,6 +182,9 @@ class DSTEE(SparseTraining):
             stay fixed, in (0, 1].
         exploration: weight `c` of the exploration bonus. 0 is RigL.
         epsilon: keeps the bonus finite for positions never active.
+        normalize_gradients: divide |g| by its per-layer mean, so that
+            `exploration` is scale-free across layers and models; False is the
+            paper's unnormalised score.
         rescale: multiply the kept initial weights by `1 / sqrt(density)`, so
             the sparse network starts with the variance of the dense one.
         seed: int seeding the initial masks; `None` picks one at random.
@@ -201,6 +204,7 @@ class DSTEE(SparseTraining):
         end=0.75,
         exploration=0.5,
         epsilon=1.0,
+        normalize_gradients=True,
         rescale=True,
         seed=None,
         exclude=None,
@@ -220,6 +224,7 @@ class DSTEE(SparseTraining):
             include_embeddings=include_embeddings,
             exploration=float(exploration),
             epsilon=float(epsilon),
+            normalize_gradients=bool(normalize_gradients),
         )
 
 

@@ -78,6 +78,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             normalised by its per-kernel mean. 0 grows exactly like RigL.
         epsilon: DST-EE's `epsilon`, keeping the bonus finite for positions
             that have never been active (N = 0).
+        normalize_gradients: divide |g| by its mean over each kernel before
+            adding the bonus (default), so `exploration` is scale-free; False
+            gives the paper's unnormalised `|g| + c * sqrt(...)`.
         rescale: whether kept weights are multiplied by `1 / sqrt(density)`
             on the first step.
         seed: int seeding the initial masks (and SET's random growth).
@@ -94,6 +97,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         end_step=None,
         exploration=0.5,
         epsilon=1.0,
+        normalize_gradients=True,
         rescale=True,
         seed=None,
         name=None,
@@ -135,6 +139,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.end_step = end_step
         self.exploration = float(exploration)
         self.epsilon = float(epsilon)
+        self.normalize_gradients = bool(normalize_gradients)
         self.rescale = bool(rescale)
         self.seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
 
@@ -368,7 +373,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             scores = ops.abs(ops.cast(grad, "float32"))
         else:
             scores = updates.grow_scores(
-                grad, counter, step, self.exploration, self.epsilon
+                grad,
+                counter,
+                step,
+                self.exploration,
+                self.epsilon,
+                self.normalize_gradients,
             )
         count = ops.cast(ops.ceil(fraction * kernel["active"]), "int32")
         count = ops.minimum(count, kernel["max_update"])
@@ -453,6 +463,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "end_step": self.end_step,
             "exploration": self.exploration,
             "epsilon": self.epsilon,
+            "normalize_gradients": self.normalize_gradients,
             "rescale": self.rescale,
             "seed": self.seed,
         }

@@ -21,20 +21,22 @@ def drop_fraction_at(step, start_step, end_step, drop_fraction):
     return 0.5 * drop_fraction * (1.0 + ops.cos(math.pi * progress))
 
 
-def grow_scores(grad, counter, step, exploration, epsilon):
+def grow_scores(grad, counter, step, exploration, epsilon, normalize=True):
     """DST-EE's acquisition score `|g| / mean|g| + c * sqrt(ln t / (N + eps))`.
 
-    The gradient term is divided by its mean over the kernel so that
-    `exploration` has the same meaning in every layer and every model (|g|
-    alone varies by orders of magnitude). Dividing by a positive constant does
-    not change the order within a kernel, so `exploration=0` ranks exactly
-    like RigL; that case skips the bonus and the division entirely, which also
-    avoids `0 * inf` when `N = 0` and `epsilon = 0`.
+    With `normalize`, the gradient term is divided by its mean over the kernel
+    so that `exploration` means the same in every layer and every model (|g|
+    alone varies by orders of magnitude); without it the score is the paper's
+    `|g| + c * sqrt(...)`. Dividing by a positive constant does not change the
+    order within a kernel, so `exploration=0` ranks exactly like RigL; that
+    case skips the bonus and the division entirely, which also avoids
+    `0 * inf` when `N = 0` and `epsilon = 0`.
     """
     magnitude = ops.abs(ops.cast(grad, "float32"))
     if exploration == 0:
         return magnitude
-    magnitude = magnitude / (ops.mean(magnitude) + 1e-12)
+    if normalize:
+        magnitude = magnitude / (ops.mean(magnitude) + 1e-12)
     log_t = ops.log(ops.maximum(ops.cast(step, "float32"), 1.0))
     bonus = ops.sqrt(log_t / (counter + epsilon))
     return magnitude + exploration * bonus

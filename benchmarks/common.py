@@ -1,0 +1,91 @@
+"""Shared pieces of the benchmarks: CIFAR-10 data, a small CNN, one training run."""
+
+import os
+import time
+
+import keras
+import numpy as np
+
+import keras_dstee
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10 = os.path.join(ROOT, "..", "shared", "data", "cifar10.npz")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+METHODS = ("dense", "static", "set", "rigl", "dstee")
+
+
+def load_cifar10(path=CIFAR10, train_size=None):
+    """The shared CIFAR-10 file: 20k training images, the full test set,
+    standardised per channel with the training statistics."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"CIFAR-10 file not found: {path} (see ../shared/data/README.md)")
+    data = np.load(path)
+    x_train = data["x_train"].astype("float32") / 255.0
+    x_test = data["x_test"].astype("float32") / 255.0
+    mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    y_train, y_test = data["y_train"].astype("int32"), data["y_test"].astype("int32")
+    if train_size:
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
+    return (x_train, y_train), (x_test, y_test)
+
+
+def small_cnn(num_classes=10):
+    """A 0.29M-parameter VGG-style CNN (6 convs with batch norm) that trains on
+    CIFAR-10 in minutes on a CPU."""
+    layers = keras.layers
+    inputs = keras.Input((32, 32, 3))
+    x = layers.RandomFlip("horizontal")(inputs)
+    x = layers.RandomTranslation(0.125, 0.125, fill_mode="constant")(x)
+    for width in (32, 64, 128):
+        for _ in range(2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            x = layers.ReLU()(layers.BatchNormalization()(x))
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(num_classes)(x), name="small_cnn")
+
+
+def make_callback(method, sparsity, seed, update_freq=100, **kwargs):
+    """The sparse-training callback for `method`, or None for dense."""
+    common = dict(sparsity=sparsity, seed=seed)
+    if method == "dense":
+        return None
+    if method == "static":
+        return keras_dstee.Static(**common)
+    classes = {"set": keras_dstee.SET, "rigl": keras_dstee.RigL, "dstee": keras_dstee.DSTEE}
+    return classes[method](update_freq=update_freq, **common, **kwargs)
+
+
+def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, update_freq=100,
+                **method_args):
+    """Trains the small CNN once; returns test accuracy, coverage and time."""
+    (x_train, y_train), (x_test, y_test) = data
+    keras.utils.set_random_seed(seed)
+    model = small_cnn()
+    steps = int(np.ceil(len(x_train) / batch_size)) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    callback = make_callback(method, sparsity, seed, update_freq, **method_args)
+    start = time.time()
+    model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=0,
+              callbacks=[callback] if callback else [])
+    seconds = time.time() - start
+    _, accuracy = model.evaluate(x_test, y_test, batch_size=500, verbose=0)
+    stats = callback.optimizer.sparsity_stats() if callback else {"sparsity": 0.0, "coverage": 1.0}
+    return {
+        "method": method,
+        "sparsity": sparsity if callback else 0.0,
+        "seed": seed,
+        "epochs": epochs,
+        "test_accuracy": float(accuracy),
+        "actual_sparsity": stats["sparsity"],
+        "coverage": stats["coverage"],
+        "train_seconds": seconds,
+        "update_freq": update_freq,
+        **method_args,
+    }
