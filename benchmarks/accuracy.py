@@ -45,13 +45,15 @@ def main():
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.98])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--train-size", type=int)
+    parser.add_argument("--model", choices=["small_cnn", "resnet50_cifar"], default="small_cnn")
+    parser.add_argument("--out", help="result file (default: results/accuracy[_quick].json)")
     args = parser.parse_args()
     epochs = args.epochs or (4 if args.quick else 10)
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     train_size = args.train_size or (5000 if args.quick else None)
     update_freq = 20 if args.quick else 100  # quick: 160 steps, 6 updates
     data = load_cifar10(train_size=train_size)
-    out = os.path.join(RESULTS, "accuracy_quick.json" if args.quick else "accuracy.json")
+    out = args.out or os.path.join(RESULTS, "accuracy_quick.json" if args.quick else "accuracy.json")
     report = {
         "command": "python benchmarks/accuracy.py" + (" --quick" if args.quick else ""),
         "backend": keras.backend.backend(),
@@ -59,13 +61,14 @@ def main():
         "train_images": len(data[0][0]),
         "epochs": epochs,
         "update_freq": update_freq,
+        "model": args.model,
         "runs": [],
     }
     if os.path.isfile(out):
         # Re-running continues: runs of the same setup already done are kept.
         with open(out) as f:
             previous = json.load(f)
-        if all(previous.get(k) == report[k] for k in ("backend", "train_images", "epochs", "update_freq")):
+        if all(previous.get(k) == report[k] for k in ("backend", "train_images", "epochs", "update_freq", "model")):
             report["runs"] = previous["runs"]
     done = {(r["method"], r["sparsity"], r["seed"]) for r in report["runs"]}
     for seed in seeds:
@@ -73,7 +76,8 @@ def main():
             for sparsity in ([0.0] if method == "dense" else args.sparsities):
                 if (method, sparsity, seed) in done:
                     continue
-                run = train_cifar(method, sparsity, seed, epochs, data, update_freq=update_freq)
+                run = train_cifar(method, sparsity, seed, epochs, data, update_freq=update_freq,
+                                  model=args.model)
                 report["runs"].append(run)
                 print(json.dumps(run), flush=True)
                 with open(out, "w") as f:

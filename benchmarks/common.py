@@ -9,7 +9,7 @@ import numpy as np
 import keras_dstee
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR10 = os.path.join(ROOT, "..", "shared", "data", "cifar10.npz")
+CIFAR10 = os.environ.get("CIFAR10", os.path.join(ROOT, "..", "shared", "data", "cifar10.npz"))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 METHODS = ("dense", "static", "set", "rigl", "dstee")
 
@@ -58,11 +58,13 @@ def make_callback(method, sparsity, seed, update_freq=100, **kwargs):
 
 
 def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, update_freq=100,
-                **method_args):
-    """Trains the small CNN once; returns test accuracy, coverage and time."""
+                model="small_cnn", **method_args):
+    """Trains `model` (`small_cnn` or `resnet50_cifar`) once; returns test
+    accuracy, coverage and time."""
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(seed)
-    model = small_cnn()
+    name = model
+    model = small_cnn() if name == "small_cnn" else keras_dstee.models.resnet50_cifar(10)
     steps = int(np.ceil(len(x_train) / batch_size)) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
     model.compile(
@@ -87,5 +89,6 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
         "coverage": stats["coverage"],
         "train_seconds": seconds,
         "update_freq": update_freq,
+        "model": name,
         **method_args,
     }

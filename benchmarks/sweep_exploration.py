@@ -20,13 +20,10 @@ from common import train_cifar
 # (exploration, epsilon, normalize_gradients)
 GRID = [
     (0.0, 1.0, True),
-    (0.1, 1.0, True),
     (0.3, 1.0, True),
     (1.0, 1.0, True),
     (3.0, 1.0, True),
-    (1.0, 0.1, True),
     (1e-3, 1.0, False),
-    (1e-2, 1.0, False),
 ]
 
 
@@ -48,8 +45,17 @@ def main():
         "update_freq": update_freq,
         "runs": [],
     }
+    if os.path.isfile(out):
+        # Re-running continues: runs of the same setup already done are kept.
+        with open(out) as f:
+            previous = json.load(f)
+        if all(previous.get(k) == report[k] for k in ("backend", "train_images", "epochs", "update_freq")):
+            report["runs"] = previous["runs"]
+    done = {(r["sparsity"], r["exploration"], r["epsilon"], r["normalize_gradients"]) for r in report["runs"]}
     for sparsity in args.sparsities:
         for c, eps, normalize in GRID:
+            if (sparsity, c, eps, normalize) in done:
+                continue
             run = train_cifar("dstee", sparsity, args.seed, epochs, data,
                               update_freq=update_freq, exploration=c, epsilon=eps,
                               normalize_gradients=normalize)

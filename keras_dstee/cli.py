@@ -12,7 +12,7 @@ import sys
 import zipfile
 
 
-def _load(parser, path):
+def _load(parser, path, compile):
     if not os.path.isfile(path):
         parser.error(f"no such file: {path}")
     if not zipfile.is_zipfile(path):
@@ -22,7 +22,7 @@ def _load(parser, path):
     import keras_dstee  # noqa: F401  (registers SparseOptimizer for loading)
 
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, compile=compile)
     except Exception as error:  # noqa: BLE001  (any failure means: not loadable)
         parser.error(f"could not load {path} as a Keras model: {error}")
 
@@ -51,7 +51,8 @@ def main(argv=None):
     if args.command == "summary":
         import keras_dstee
 
-        model = _load(parser, args.model)
+        # Compiled, a model still training sparse shows its masks' budgets.
+        model = _load(parser, args.model, compile=True)
         shape = tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
         keras_dstee.summary(model, input_shape=shape)
         return 0
@@ -61,7 +62,8 @@ def main(argv=None):
     for path in (args.tflite, args.saved_model):
         if path:
             _check_folder(parser, path)
-    model = _load(parser, args.model)
+    # The optimizer plays no part in an export (and may be a custom class).
+    model = _load(parser, args.model, compile=False)
     from keras_dstee import export as export_lib
 
     report = {}

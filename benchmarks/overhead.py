@@ -1,0 +1,131 @@
+"""Train-step time of sparse training (DST-EE) against the same dense model.
+
+    KERAS_BACKEND=jax python benchmarks/overhead.py                  # small CNN
+    KERAS_BACKEND=jax python benchmarks/overhead.py --model resnet50_cifar --steps 60
+    python benchmarks/overhead.py --quick                            # a few seconds
+
+Protocol (separate processes drift 20-50% on a shared machine): both models
+live in one process and one step of each alternates, through the compiled
+train function `fit` uses (`train_on_batch`), mask-update steps included. The
+sparse model is compiled with `SparseOptimizer` (DST-EE, 90% sparsity, ERK).
+Reported: the ratio of mean step times (median over `--repeats` blocks,
+after warm-up steps), the extra time of a mask-update step over a plain one
+(one drop-and-grow), and peak RSS. Writes
+`benchmarks/results/overhead_<backend>_<model>.json`.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+
+import keras
+import numpy as np
+from common import RESULTS
+
+import keras_dstee
+
+MODELS = {
+    "small_cnn": lambda: keras.Sequential(
+        [keras.Input((32, 32, 3))]
+        + [layer for w in (32, 64, 128) for layer in (
+            keras.layers.Conv2D(w, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(w, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D())]
+        + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
+    ),
+    "resnet50_cifar": lambda: keras_dstee.models.resnet50_cifar(10),
+    "vgg19_cifar": lambda: keras_dstee.models.vgg19_cifar(10),
+}
+
+
+def build(name, sparse, update_freq, steps):
+    keras.utils.set_random_seed(0)
+    model = MODELS[name]()
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    if sparse:
+        optimizer = keras_dstee.SparseOptimizer(
+            optimizer,
+            keras_dstee.layer_densities(model, 0.9),
+            update_freq=update_freq,
+            end_step=10 * steps,  # updates throughout the measured steps
+            seed=0,
+        )
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def measure(name, update_freq, steps, warmup, repeats, batch_size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch_size, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=batch_size)
+    dense = build(name, False, update_freq, steps * repeats)
+    sparse = build(name, True, update_freq, steps * repeats)
+    for _ in range(warmup):
+        dense.train_on_batch(x, y)
+        sparse.train_on_batch(x, y)
+    optimizer = sparse.optimizer
+    ratios, update_extra = [], []
+    for _ in range(repeats):
+        times = {"dense": [], "sparse": [], "sparse_update": []}
+        for _ in range(steps):
+            start = time.perf_counter()
+            dense.train_on_batch(x, y)
+            times["dense"].append(time.perf_counter() - start)
+            # The step about to run updates masks if its number is a multiple.
+            due = (int(keras.ops.convert_to_numpy(optimizer.step)) + 1) % update_freq == 0
+            start = time.perf_counter()
+            sparse.train_on_batch(x, y)
+            times["sparse_update" if due else "sparse"].append(time.perf_counter() - start)
+        all_sparse = times["sparse"] + times["sparse_update"]
+        ratios.append(statistics.mean(all_sparse) / statistics.mean(times["dense"]))
+        if times["sparse_update"]:
+            update_extra.append(statistics.median(times["sparse_update"]) - statistics.median(times["sparse"]))
+    return {
+        "model": name,
+        "params": dense.count_params(),
+        "update_freq": update_freq,
+        "batch_size": batch_size,
+        "steps_per_repeat": steps,
+        "repeats": repeats,
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+        "drop_and_grow_seconds": statistics.median(update_extra) if update_extra else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+    parser.add_argument("--update-freqs", type=int, nargs="+", default=[100, 4])
+    parser.add_argument("--steps", type=int, default=1000, help="alternating steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="40 steps, 1 repeat")
+    parser.add_argument("--out", help="result file (default: results/overhead_<backend>_<model>.json)")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeats, args.warmup = 40, 1, 3
+    backend = keras.backend.backend()
+    results = {"backend": backend, "runs": []}
+    for update_freq in args.update_freqs:
+        run = measure(args.model, update_freq, args.steps, args.warmup, args.repeats, args.batch_size)
+        results["runs"].append(run)
+        print(json.dumps(run), flush=True)
+    suffix = "_quick" if args.quick else ""
+    out = args.out or os.path.join(RESULTS, f"overhead_{backend}_{args.model}{suffix}.json")
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    for run in results["runs"]:
+        extra = run["drop_and_grow_seconds"]
+        print(f"{backend} {run['model']} update_freq={run['update_freq']}: "
+              f"{run['ratio_median']:.3f}x dense; one drop-and-grow "
+              f"{'n/a' if extra is None else f'{1000 * extra:.1f} ms'}; peak RSS {run['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The CIFAR recipe shared by `resnet50_cifar10.py` and `vgg19_cifar100.py`.
+
+Defaults follow the recipe of the CIFAR experiments in the sparse-training
+papers DST-EE builds on (GraSP, Wang et al. 2020; ITOP, Liu et al. 2021;
+DST-EE, Huang et al. 2023): SGD with momentum 0.9 (Nesterov), learning rate
+0.1, weight decay 5e-4, batch size 128, 160 epochs, the learning rate divided
+by 10 at 50% and 75% of training, and random 32x32 crops of 4-pixel-padded
+images with horizontal flips. Keras's SGD applies weight decay decoupled
+(`w -= lr * wd * w`), close to PyTorch's coupled L2 for SGD.
+"""
+
+import os
+
+import keras
+from common import cifar_datasets
+from common import load_npz
+from common import parser
+from common import require_online
+from common import train_and_report
+
+DEFAULTS = {
+    "epochs": 160,
+    "batch_size": 128,
+    "lr": 0.1,
+    "out": None,
+    "data_help": "an .npz with x_train, y_train, x_test, y_test (e.g. ../shared/data/cifar10.npz)",
+}
+
+
+def load_cifar(name, data):
+    """(train, test) arrays: from `data` (.npz) or, online, tfds/keras.datasets."""
+    if data:
+        return load_npz(data)
+    require_online(name, DEFAULTS["data_help"])
+    loader = {"cifar10": keras.datasets.cifar10, "cifar100": keras.datasets.cifar100}[name]
+    return loader.load_data()
+
+
+def run(description, dataset, num_classes, build_model, out):
+    args = parser(description, dict(DEFAULTS, out=out)).parse_args()
+    keras.utils.set_random_seed(args.seed)
+    train, test = load_cifar(dataset, args.data)
+    if args.smoke:
+        train = (train[0][:256], train[1][:256])
+        test = (test[0][:500], test[1][:500])
+        args.epochs = min(args.epochs, 2)
+        args.batch_size = min(args.batch_size, 32)
+        args.update_freq = 1
+    if train[1].max() >= num_classes:
+        raise SystemExit(f"--data has labels up to {train[1].max()}, but the model has {num_classes} classes")
+    train_ds, test_ds = cifar_datasets(train, test, args.batch_size, args.seed)
+    steps = len(train[0]) // args.batch_size * args.epochs
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [int(0.5 * steps), int(0.75 * steps)], [args.lr, args.lr * 0.1, args.lr * 0.01]
+    )
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = build_model(num_classes)
+    args.out = args.out or os.path.join("runs", f"{dataset}_{args.method}_{args.sparsity}")
+    return train_and_report(model, args, train_ds, test_ds, optimizer, loss, None)

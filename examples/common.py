@@ -1,0 +1,186 @@
+"""What the paper-setup examples share: arguments, data, training, outputs."""
+
+import argparse
+import json
+import os
+import socket
+import time
+
+import keras
+import numpy as np
+
+import keras_dstee
+
+METHODS = ("dstee", "rigl", "set", "static", "dense")
+
+
+def parser(description, defaults):
+    """The examples' common command line; `defaults` sets per-example values."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--method", choices=METHODS, default="dstee", help="sparse-training method")
+    p.add_argument("--sparsity", type=float, default=0.9, help="global sparsity of the prunable kernels")
+    p.add_argument("--epochs", type=int, default=defaults["epochs"])
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+    p.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate")
+    p.add_argument("--update-freq", type=int, default=100, help="steps between mask updates")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help=defaults["data_help"])
+    p.add_argument("--out", default=defaults["out"], help="folder for logs, plots, .keras and .tflite")
+    p.add_argument("--smoke", action="store_true", help="a few steps at tiny size (CI)")
+    return p
+
+
+def online(host="storage.googleapis.com", port=443, timeout=3.0):
+    """Whether the data hosts answer: checked first so an offline run fails
+    in seconds instead of hanging in a download."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_online(what, flag_help):
+    if not online():
+        raise SystemExit(
+            f"No network, so {what} cannot be downloaded. Pass --data with a local copy: {flag_help}"
+        )
+
+
+def load_npz(path):
+    """`x_train, y_train, x_test, y_test` from an .npz (the layout of
+    ../shared/data/cifar10.npz: uint8 images, integer labels)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--data: no such file: {path}")
+    data = np.load(path)
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(data.files)
+    if missing:
+        raise SystemExit(f"--data: {path} lacks arrays {sorted(missing)}")
+    return (data["x_train"], data["y_train"].reshape(-1)), (data["x_test"], data["y_test"].reshape(-1))
+
+
+def cifar_datasets(train, test, batch_size, seed):
+    """tf.data pipelines with the CIFAR augmentation: 4-pixel zero padding,
+    random 32x32 crop, horizontal flip; per-channel standardisation."""
+    import tensorflow as tf
+
+    (x_train, y_train), (x_test, y_test) = train, test
+    mean = x_train.reshape(-1, 3).mean(axis=0) / 255.0
+    std = x_train.reshape(-1, 3).std(axis=0) / 255.0
+    crop = keras.layers.RandomCrop(32, 32, seed=seed)
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+
+    def normalise(x, y):
+        return (tf.cast(x, "float32") / 255.0 - mean) / std, tf.cast(y, "int32")
+
+    def augment(x, y):
+        x = tf.pad(x, [[0, 0], [4, 4], [4, 4], [0, 0]])
+        return flip(crop(x)), y
+
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(x_train), seed=seed)
+        .batch(batch_size, drop_remainder=True)
+        .map(normalise)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    test_ds = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(batch_size).map(normalise)
+    return train_ds, test_ds
+
+
+def make_callback(args):
+    if args.method == "dense":
+        return None
+    common = dict(sparsity=args.sparsity, seed=args.seed)
+    if args.method == "static":
+        return keras_dstee.Static(**common)
+    classes = {"dstee": keras_dstee.DSTEE, "rigl": keras_dstee.RigL, "set": keras_dstee.SET}
+    return classes[args.method](update_freq=args.update_freq, **common)
+
+
+class SparsityLogger(keras.callbacks.Callback):
+    """Adds `sparsity`/`coverage` = 0/1 for dense runs, so every CSV has them."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.setdefault("sparsity", 0.0)
+            logs.setdefault("coverage", 1.0)
+
+
+def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shape):
+    """Trains with the chosen method, then writes everything to `args.out`:
+    `log.csv`, `summary.txt`, `model.keras`, `model.tflite`, `curves.png`
+    and `results.json`."""
+    os.makedirs(args.out, exist_ok=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    sparse = make_callback(args)
+    callbacks = ([sparse] if sparse else []) + [
+        SparsityLogger(),
+        keras.callbacks.CSVLogger(os.path.join(args.out, "log.csv")),
+    ]
+    start = time.time()
+    history = model.fit(
+        train_ds,
+        validation_data=test_ds,
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=2 if args.smoke else 1,
+        **({"steps_per_epoch": 2, "validation_steps": 1} if args.smoke else {}),
+    )
+    train_seconds = time.time() - start
+    _, accuracy = model.evaluate(test_ds, verbose=0, **({"steps": 1} if args.smoke else {}))
+
+    lines = []
+    report = keras_dstee.summary(model, input_shape=input_shape, print_fn=lines.append)
+    with open(os.path.join(args.out, "summary.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    keras_dstee.strip(model)
+    model.save(os.path.join(args.out, "model.keras"))
+    print("Exporting the sparse TFLite file ...", flush=True)
+    tflite = keras_dstee.export_tflite(model, os.path.join(args.out, "model.tflite"))
+    plot_curves(history.history, os.path.join(args.out, "curves.png"))
+    results = {
+        "backend": keras.backend.backend(),
+        "method": args.method,
+        "sparsity": args.sparsity if sparse else 0.0,
+        "epochs": args.epochs,
+        "test_accuracy": float(accuracy),
+        "kernel_sparsity": report["total"]["sparsity"],
+        "flops_ratio": report["total"]["flops_sparse"] / max(report["total"]["flops_dense"], 1),
+        "coverage": history.history["coverage"][-1],
+        "tflite_bytes": tflite["bytes"],
+        "tflite_dense_bytes": tflite["dense_bytes"],
+        "train_seconds": train_seconds,
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(json.dumps(results, indent=1))
+    return results
+
+
+def plot_curves(history, path):
+    """Accuracy, sparsity and coverage against epochs, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, label in (("accuracy", "train"), ("val_accuracy", "test")):
+        if key in history:
+            axes[0].plot(epochs, history[key], marker="o", label=label)
+    axes[0].set_title("accuracy")
+    axes[0].legend()
+    axes[1].plot(epochs, history["sparsity"], marker="o")
+    axes[1].set_title("sparsity")
+    axes[2].plot(epochs, history["coverage"], marker="o")
+    axes[2].set_title("coverage (positions ever active)")
+    for axis in axes:
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

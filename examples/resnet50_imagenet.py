@@ -1,0 +1,143 @@
+"""ResNet-50 on ImageNet, sparse from scratch (DST-EE, RigL, SET, static, dense).
+
+    KERAS_BACKEND=jax python examples/resnet50_imagenet.py --data /data/imagenet
+    python examples/resnet50_imagenet.py --method rigl --sparsity 0.9
+
+Data: `--data DIR` with `train/` and `val/` folders of class subfolders (the
+usual ImageNet layout), read with `keras.utils.image_dataset_from_directory`;
+a DIR of class folders without `train/` is split 90/10. Without --data,
+tensorflow-datasets' `imagenet2012`, which needs its manual download in
+place (tfds never fetches ImageNet itself).
+
+Defaults: ResNet-50 v1 (`keras_dstee.models.resnet50_imagenet`), 100 epochs,
+SGD momentum 0.9 (Nesterov), learning rate 0.1 per 256 images scaled
+linearly with the batch (Goyal et al., 2017), 5 linear warm-up epochs, then
+divided by 10 at epochs 30, 60 and 90 (He et al., 2016; Goyal et al., 2017),
+label smoothing 0.1 and weight decay 1e-4 (the RigL ImageNet setup, Evci et
+al., 2020, which DST-EE follows), batch 256, 224x224 random crops with
+horizontal flips.
+"""
+
+import os
+
+import keras
+from common import parser
+from common import train_and_report
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then divided by 10 at each boundary step."""
+
+    def __init__(self, peak, warmup_steps, boundaries):
+        self.peak, self.warmup_steps, self.boundaries = peak, warmup_steps, list(boundaries)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.peak * (step + 1) / max(self.warmup_steps, 1)
+        factor = 1.0
+        for boundary in self.boundaries:
+            factor = keras.ops.where(step >= boundary, factor * 0.1, factor)
+        return keras.ops.where(step < self.warmup_steps, warm, self.peak * factor)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "boundaries": self.boundaries}
+
+
+def folder_datasets(root, size, batch_size, seed):
+    """Train/val `tf.data` pipelines from class folders."""
+    import tensorflow as tf
+
+    if not os.path.isdir(root):
+        raise SystemExit(f"--data: no such folder: {root}")
+    load = dict(image_size=(int(size * 1.14), int(size * 1.14)), batch_size=None, seed=seed)
+    if os.path.isdir(os.path.join(root, "train")):
+        train = keras.utils.image_dataset_from_directory(os.path.join(root, "train"), shuffle=True, **load)
+        val = keras.utils.image_dataset_from_directory(os.path.join(root, "val"), shuffle=False, **load)
+    else:
+        train, val = keras.utils.image_dataset_from_directory(
+            root, validation_split=0.1, subset="both", shuffle=True, **load
+        )
+    num_classes = len(train.class_names)
+    return _pipelines(tf, train, val, size, batch_size, seed), num_classes
+
+
+def tfds_datasets(size, batch_size, seed):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        (train, val), info = tfds.load(
+            "imagenet2012", split=["train", "validation"], as_supervised=True, with_info=True, download=False
+        )
+    except Exception as error:  # noqa: BLE001
+        raise SystemExit(
+            "ImageNet is not prepared for tensorflow-datasets (it needs the manual download) and "
+            f"no --data folder was given.\n{error}"
+        ) from None
+    resize = lambda x, y: (tf.image.resize(x, (int(size * 1.14),) * 2), y)  # noqa: E731
+    train, val = train.map(resize), val.map(resize)
+    return _pipelines(tf, train, val, size, batch_size, seed), info.features["label"].num_classes
+
+
+def _pipelines(tf, train, val, size, batch_size, seed):
+    crop = keras.layers.RandomCrop(size, size, seed=seed)
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+    center = keras.layers.CenterCrop(size, size)
+
+    def normalise(x):
+        return (tf.cast(x, "float32") / 255.0 - MEAN) / STD
+
+    train = (
+        train.shuffle(10_000, seed=seed)
+        .batch(batch_size, drop_remainder=True)
+        .map(lambda x, y: (flip(crop(normalise(x))), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val = val.batch(batch_size).map(lambda x, y: (center(normalise(x)), y)).prefetch(tf.data.AUTOTUNE)
+    return train, val
+
+
+def main():
+    defaults = {
+        "epochs": 100,
+        "batch_size": 256,
+        "lr": None,
+        "out": os.path.join("runs", "imagenet"),
+        "data_help": "a folder of class folders, or with train/ and val/ inside",
+    }
+    p = parser(__doc__.splitlines()[0], defaults)
+    p.add_argument("--image-size", type=int, default=224)
+    args = p.parse_args()
+    keras.utils.set_random_seed(args.seed)
+    if args.smoke:
+        args.epochs, args.batch_size, args.image_size, args.update_freq = 2, 4, 32, 1
+    if args.data:
+        (train, val), num_classes = folder_datasets(args.data, args.image_size, args.batch_size, args.seed)
+    else:
+        (train, val), num_classes = tfds_datasets(args.image_size, args.batch_size, args.seed)
+    steps_per_epoch = 2 if args.smoke else int(train.cardinality())
+    peak = args.lr or 0.1 * args.batch_size / 256
+    schedule = WarmupStepDecay(
+        peak, 5 * steps_per_epoch, [e * steps_per_epoch for e in (30, 60, 90)]
+    )
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    train = train.map(lambda x, y: (x, _one_hot(y, num_classes)))
+    val = val.map(lambda x, y: (x, _one_hot(y, num_classes)))
+    from keras_dstee import models
+
+    model = models.resnet50_imagenet(num_classes, input_shape=(args.image_size, args.image_size, 3))
+    train_and_report(model, args, train, val, optimizer, loss, None)
+
+
+def _one_hot(y, num_classes):
+    import tensorflow as tf
+
+    return tf.one_hot(tf.cast(y, "int32"), num_classes)
+
+
+if __name__ == "__main__":
+    main()
