@@ -45,13 +45,14 @@ def main():
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.98])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--train-size", type=int)
+    parser.add_argument("--update-freq", type=int)
     parser.add_argument("--model", choices=["small_cnn", "resnet50_cifar"], default="small_cnn")
     parser.add_argument("--out", help="result file (default: results/accuracy[_quick].json)")
     args = parser.parse_args()
     epochs = args.epochs or (4 if args.quick else 10)
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     train_size = args.train_size or (5000 if args.quick else None)
-    update_freq = 20 if args.quick else 100  # quick: 160 steps, 6 updates
+    update_freq = args.update_freq or (20 if args.quick else 100)  # quick: 160 steps, 6 updates
     data = load_cifar10(train_size=train_size)
     out = args.out or os.path.join(RESULTS, "accuracy_quick.json" if args.quick else "accuracy.json")
     report = {

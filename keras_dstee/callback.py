@@ -1,12 +1,14 @@
 """The callbacks users pass to `fit`: `DSTEE` and the baselines."""
 
 import numbers
+import warnings
 
 import keras
 
 from keras_dstee.distributions import DISTRIBUTIONS
 from keras_dstee.distributions import layer_densities
 from keras_dstee.optimizer import SparseOptimizer
+from keras_dstee.optimizer import find_sparse_optimizer
 
 
 def _check_fraction(name, value, low, high, low_open, high_open):
@@ -74,6 +76,7 @@ class SparseTraining(keras.callbacks.Callback):
         self.optimizer = None
         self._model_id = None
         self._schedule_pending = False
+        self._skipped_updates = 0
 
     def on_train_begin(self, logs=None):
         model = self.model
@@ -88,15 +91,23 @@ class SparseTraining(keras.callbacks.Callback):
                 "The model must be compiled with an optimizer before "
                 f"training with {type(self).__name__}: call `model.compile(...)`."
             )
-        if isinstance(optimizer, SparseOptimizer):
+        existing = find_sparse_optimizer(optimizer)
+        if existing is not None:
             # A second `fit`, or a model loaded with its sparse state.
-            self.optimizer = optimizer
+            self.optimizer = existing
         else:
             self.optimizer = self._wrap(model, optimizer)
         self._model_id = id(model)
         self._schedule_pending = True
+        self._skipped_updates = int(keras.ops.convert_to_numpy(self.optimizer.skipped_updates))
 
     def _wrap(self, model, optimizer):
+        """Puts a `SparseOptimizer` around the user's optimizer (inside the
+        `LossScaleOptimizer` under mixed precision, which then unscales the
+        gradients and skips non-finite steps for both)."""
+        loss_scale = None
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            loss_scale, optimizer = optimizer, optimizer.inner_optimizer
         densities = layer_densities(
             model,
             self.sparsity,
@@ -117,10 +128,14 @@ class SparseTraining(keras.callbacks.Callback):
         )
         wrapper.build(model.trainable_variables)
         wrapper.install()
-        model.optimizer = wrapper
-        # So `model.save` stores the wrapper and its state, not the original.
+        if loss_scale is None:
+            model.optimizer = wrapper
+        else:
+            loss_scale.inner_optimizer = wrapper
+        # So `model.save` stores the wrapper and its state, not the original
+        # (a LossScaleOptimizer given to `compile` now holds the wrapper).
         compile_config = getattr(model, "_compile_config", None)
-        if compile_config is not None:
+        if compile_config is not None and compile_config.config.get("optimizer") is not model.optimizer:
             compile_config.config["optimizer"] = wrapper
         # The train step may have been traced with the old optimizer.
         model.make_train_function(force=True)
@@ -152,8 +167,19 @@ class SparseTraining(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         # `self.model` syncs the JAX state before the variables are read.
-        if logs is not None and self.model.optimizer is self.optimizer:
-            logs.update(self.optimizer.sparsity_stats())
+        if logs is None or find_sparse_optimizer(self.model.optimizer) is not self.optimizer:
+            return
+        stats = self.optimizer.sparsity_stats()
+        skipped = stats.pop("skipped_updates")
+        if skipped > self._skipped_updates:
+            warnings.warn(
+                f"{type(self).__name__}: {skipped - self._skipped_updates} mask "
+                f"update(s) skipped in epoch {epoch + 1}: the gradient was not "
+                "finite. Masks and budgets are unchanged.",
+                stacklevel=2,
+            )
+        self._skipped_updates = skipped
+        logs.update(stats)
 
 
 class DSTEE(SparseTraining):

@@ -23,4 +23,5 @@ class MaskConstraint(keras.constraints.Constraint):
         w = ops.convert_to_tensor(w)
         if self.user_constraint is not None:
             w = self.user_constraint(w)
-        return w * ops.cast(self.mask, w.dtype)
+        # `where`, not a product: NaN * 0 would leak NaN into inactive weights.
+        return ops.where(ops.convert_to_tensor(self.mask) > 0, w, ops.zeros_like(w))

@@ -17,7 +17,7 @@ import tempfile
 import keras
 
 from keras_dstee.constraints import MaskConstraint
-from keras_dstee.optimizer import SparseOptimizer
+from keras_dstee.optimizer import find_sparse_optimizer
 
 QUANTIZE = (None, "int8")
 
@@ -33,16 +33,20 @@ def strip(model):
     Returns:
         The same model.
     """
-    optimizer = getattr(model, "optimizer", None)
-    if not isinstance(optimizer, SparseOptimizer):
+    optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))
+    if optimizer is None:
         return model
     for variable in model.trainable_variables:
         if isinstance(variable.constraint, MaskConstraint):
             variable.constraint = variable.constraint.user_constraint
-    model.optimizer = optimizer.inner_optimizer
+    inner = optimizer.inner_optimizer
+    if model.optimizer is optimizer:
+        model.optimizer = inner
+    else:
+        model.optimizer.inner_optimizer = inner  # under a LossScaleOptimizer
     compile_config = getattr(model, "_compile_config", None)
-    if compile_config is not None:
-        compile_config.config["optimizer"] = optimizer.inner_optimizer
+    if compile_config is not None and compile_config.config.get("optimizer") is optimizer:
+        compile_config.config["optimizer"] = inner
     model.train_function = None
     return model
 

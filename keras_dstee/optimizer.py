@@ -26,6 +26,19 @@ class _StepSeed(keras.random.SeedGenerator):
         return self._value
 
 
+def _masked(x, mask):
+    """`x` where `mask` is 1, exactly 0 elsewhere (even where `x` is NaN)."""
+    return ops.where(ops.convert_to_tensor(mask) > 0, x, ops.zeros_like(x))
+
+
+def find_sparse_optimizer(optimizer):
+    """The `SparseOptimizer` in `optimizer`: itself, or inside the
+    `LossScaleOptimizer` that mixed precision puts around it; else None."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return optimizer if isinstance(optimizer, SparseOptimizer) else None
+
+
 @keras.saving.register_keras_serializable(package="keras_dstee")
 class SparseOptimizer(keras.optimizers.Optimizer):
     """Trains chosen kernels sparse, with a fixed number of active weights.
@@ -115,6 +128,15 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 "`inner_optimizer` must be a `keras.optimizers.Optimizer`. "
                 f"Received: {inner_optimizer!r}"
             )
+        if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
+            # Inside, its skipped steps would still count as ours, and on
+            # JAX its stateful `apply` cannot run in our step.
+            raise ValueError(
+                "Put the LossScaleOptimizer outside: "
+                "`LossScaleOptimizer(SparseOptimizer(inner, ...))`, or compile "
+                "`SparseOptimizer(inner, ...)` under a mixed_float16 policy and "
+                "Keras adds it."
+            )
         if method not in updates.GROW_METHODS:
             raise ValueError(
                 f"Unknown `method={method!r}`. Expected one of "
@@ -168,6 +190,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.start_step = self._scalar("start_step", 0)
         self.end_step_variable = self._scalar("end_step", end)
         self.last_update = self._scalar("last_update", 0)
+        # Mask updates skipped because the gradient was not finite.
+        self.skipped_updates = self._scalar("skipped_updates", 0)
         # Until `install()` runs eagerly, the step itself checks `installed`.
         self._install_pending = True
         self.kernels = []
@@ -270,7 +294,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         dense_grads = {id(k): grads[i] for k, i in kernels}
         for k, i in kernels:
             if grads[i] is not None:
-                grads[i] = grads[i] * ops.cast(k["mask"], grads[i].dtype)
+                grads[i] = _masked(grads[i], k["mask"])
         self.inner_optimizer.apply(grads, variables)
         self._update_masks([(k, dense_grads[id(k)]) for k, _ in kernels])
 
@@ -289,7 +313,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             for k, _ in kernels:
                 w = ops.convert_to_tensor(k["variable"])
                 scale = 1.0 / math.sqrt(k["density"]) if self.rescale else 1.0
-                values.append(w * ops.cast(k["mask"], w.dtype) * scale)
+                values.append(_masked(w, k["mask"]) * scale)
             return values
 
         self._cond_assign(ops.equal(self.installed, 0), install, targets)
@@ -339,7 +363,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         due = ops.logical_and(
             ops.equal(step % self.update_freq, 0), ops.less(step, end)
         )
-        targets = [self.last_update]
+        targets = [self.last_update, self.skipped_updates]
         for k, _ in kernels_and_grads:
             targets += [k["mask"], k["counter"], k["variable"]] + k["slots"]
 
@@ -349,7 +373,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 ops.stack([ops.all(ops.isfinite(g)) for _, g in kernels_and_grads])
             )
             elapsed = ops.cast(step - self.last_update, "float32")
-            values = [ops.convert_to_tensor(step)]
+            skipped = self.skipped_updates + ops.cast(ops.logical_not(finite), self.skipped_updates.dtype)
+            values = [ops.convert_to_tensor(step), skipped]
             for number, (k, grad) in enumerate(kernels_and_grads):
                 old = [k["mask"], k["counter"], k["variable"]] + k["slots"]
                 old = [ops.convert_to_tensor(v) for v in old]
@@ -387,9 +412,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         )
         keep = new_mask * (1.0 - grown)
         new_slots = [
-            ops.convert_to_tensor(s) * ops.cast(keep, s.dtype) for s in kernel["slots"]
+            _masked(ops.convert_to_tensor(s), keep) for s in kernel["slots"]
         ]
-        return [new_mask, counter, weight * ops.cast(keep, weight.dtype)] + new_slots
+        return [new_mask, counter, _masked(weight, keep)] + new_slots
 
     # --- delegation to the inner optimizer -------------------------------------
 
@@ -418,7 +443,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
         `sparsity` is the fraction of exact zeros over all sparse kernels,
         `coverage` the fraction of their positions ever active, and
-        `drop_fraction` the fraction the next mask update would replace.
+        `drop_fraction` the fraction the next mask update would replace;
+        `skipped_updates` counts mask updates skipped for a non-finite
+        gradient.
         Reads variable values: on JAX, call it through the model (a callback's
         `self.model`) so the values are in sync.
         """
@@ -438,6 +465,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.drop_fraction,
         )
         return {
+            "skipped_updates": int(ops.convert_to_numpy(self.skipped_updates)),
             "sparsity": zeros / size if size else 0.0,
             "coverage": ever_active / size if size else 0.0,
             "drop_fraction": float(ops.convert_to_numpy(fraction))

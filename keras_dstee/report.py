@@ -7,7 +7,7 @@ import keras
 import numpy as np
 
 from keras_dstee.layers import layer_prunable_weights
-from keras_dstee.optimizer import SparseOptimizer
+from keras_dstee.optimizer import find_sparse_optimizer
 
 
 def _record_call_shapes(model, prunable_layers, input_shape):
@@ -106,9 +106,9 @@ def summary(model, input_shape=None, print_fn=None):
         `density` and `sparsity`.
     """
     print_fn = print_fn or print
-    optimizer = getattr(model, "optimizer", None)
+    optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))
     active = {}
-    if isinstance(optimizer, SparseOptimizer) and optimizer.built:
+    if optimizer is not None and optimizer.built:
         active = {id(k["variable"]): k["active"] for k in optimizer.kernels}
     layers = []
     for layer in model._flatten_layers(include_self=False, recursive=True):

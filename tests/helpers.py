@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+import keras_dstee
+
 
 def small_cnn(seed=0):
     keras.utils.set_random_seed(seed)
@@ -31,8 +33,12 @@ def to_numpy(variable):
     return keras.ops.convert_to_numpy(variable)
 
 
+def sparse_optimizer(model):
+    return keras_dstee.optimizer.find_sparse_optimizer(model.optimizer)
+
+
 def masks(model):
-    return [to_numpy(k["mask"]) for k in model.optimizer.kernels]
+    return [to_numpy(k["mask"]) for k in sparse_optimizer(model).kernels]
 
 
 class EveryStep(keras.callbacks.Callback):
@@ -49,7 +55,7 @@ class EveryStep(keras.callbacks.Callback):
 
 def assert_budget(model):
     """Exact budget: `active` ones in each mask, zeros outside it."""
-    for k in model.optimizer.kernels:
+    for k in sparse_optimizer(model).kernels:
         mask = to_numpy(k["mask"])
         weight = to_numpy(k["variable"])
         assert set(np.unique(mask)) <= {0.0, 1.0}
