@@ -22,6 +22,29 @@ def _check_fraction(name, value, low, high, low_open, high_open):
         raise ValueError(f"`{name}` must be a number in {interval}. Received: {name}={value!r}")
 
 
+def _check_distribution(model):
+    """Refuses the multi-replica setups whose gradient aggregation the mask
+    update does not handle yet, rather than training wrong."""
+    backend = keras.backend.backend()
+    replicas = 1
+    if backend == "tensorflow":
+        strategy = getattr(model, "distribute_strategy", None)
+        replicas = getattr(strategy, "num_replicas_in_sync", 1)
+    elif backend == "torch":
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            replicas = torch.distributed.get_world_size()
+    if replicas > 1:
+        raise ValueError(
+            f"Sparse training with {replicas} replicas on the {backend} backend "
+            "is not supported yet: the mask update would score each replica's "
+            "local gradient. Train on one device, or use the JAX backend with "
+            "`keras.distribution.DataParallel` / `ModelParallel`, which are "
+            "supported."
+        )
+
+
 class SparseTraining(keras.callbacks.Callback):
     """Base of the sparse-training callbacks; use `DSTEE`, `RigL`, `SET` or
     `Static`.
@@ -91,6 +114,7 @@ class SparseTraining(keras.callbacks.Callback):
                 "The model must be compiled with an optimizer before "
                 f"training with {type(self).__name__}: call `model.compile(...)`."
             )
+        _check_distribution(model)
         existing = find_sparse_optimizer(optimizer)
         if existing is not None:
             # A second `fit`, or a model loaded with its sparse state.
@@ -228,7 +252,7 @@ class DSTEE(SparseTraining):
         update_freq=100,
         drop_fraction=0.3,
         end=0.75,
-        exploration=0.5,
+        exploration=1.0,
         epsilon=1.0,
         normalize_gradients=True,
         rescale=True,

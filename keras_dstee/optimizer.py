@@ -108,7 +108,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         update_freq=100,
         drop_fraction=0.3,
         end_step=None,
-        exploration=0.5,
+        exploration=1.0,
         epsilon=1.0,
         normalize_gradients=True,
         rescale=True,
@@ -240,14 +240,18 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         flat[rng.permutation(size)[:active]] = 1.0
         initial = flat.reshape(shape)
         prefix = variable.path.replace("/", "_")
+        # Under `keras.distribution`, mask and counter are laid out (sharded)
+        # like their kernel.
+        layout = getattr(variable, "_layout", None)
         mask = self.add_variable(
             shape=shape,
             dtype="float32",
             initializer=lambda shape, dtype: ops.convert_to_tensor(initial, dtype),
+            layout=layout,
             name=f"{prefix}_mask",
         )
         counter = self.add_variable(
-            shape=shape, dtype="float32", name=f"{prefix}_active_steps"
+            shape=shape, dtype="float32", layout=layout, name=f"{prefix}_active_steps"
         )
         slots = [
             s
