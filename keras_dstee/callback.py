@@ -70,14 +70,16 @@ class SparseTraining(keras.callbacks.Callback):
         seed=None,
         exclude=None,
         include_embeddings=False,
+        dense_first=False,
+        dense_last=False,
         **method_args,
     ):
         super().__init__()
         _check_fraction("sparsity", sparsity, 0, 1, False, True)
-        if distribution not in DISTRIBUTIONS:
+        if not isinstance(distribution, dict) and distribution not in DISTRIBUTIONS:
             raise ValueError(
                 f"Unknown `distribution={distribution!r}`. Expected one of "
-                f"{DISTRIBUTIONS}."
+                f"{DISTRIBUTIONS}, or a dict of layer name/regex to sparsity."
             )
         if isinstance(update_freq, bool) or not isinstance(update_freq, numbers.Integral) or update_freq < 1:
             raise ValueError(
@@ -95,6 +97,8 @@ class SparseTraining(keras.callbacks.Callback):
         self.seed = seed
         self.exclude = exclude
         self.include_embeddings = include_embeddings
+        self.dense_first = dense_first
+        self.dense_last = dense_last
         self.method_args = method_args
         self.optimizer = None
         self._model_id = None
@@ -138,6 +142,8 @@ class SparseTraining(keras.callbacks.Callback):
             self.distribution,
             exclude=self.exclude,
             include_embeddings=self.include_embeddings,
+            dense_first=self.dense_first,
+            dense_last=self.dense_last,
         )
         wrapper = SparseOptimizer(
             optimizer,
@@ -224,7 +230,9 @@ class DSTEE(SparseTraining):
     Args:
         sparsity: fraction of the prunable weights that are zero, in [0, 1).
         distribution: how the sparsity is split across layers: `"erk"`
-            (Erdos-Renyi-Kernel: small layers denser), `"er"` or `"uniform"`.
+            (Erdos-Renyi-Kernel: small layers denser), `"er"`, `"uniform"`,
+            or a dict of layer name or regex (whole-name match; first match
+            wins) to that layer's sparsity; unmatched layers stay dense.
         update_freq: optimizer steps between two mask updates.
         drop_fraction: fraction of each kernel's active weights replaced at the
             first update; decays to 0 by `end` (cosine).
@@ -241,6 +249,8 @@ class DSTEE(SparseTraining):
         exclude: layer names, regular expressions (matched against whole
             layer names) or layer classes whose weights stay dense.
         include_embeddings: whether `Embedding` tables are pruned too.
+        dense_first: keep the first prunable layer (the stem) dense.
+        dense_last: keep the last prunable layer (the classifier) dense.
     """
 
     method = "dstee"
@@ -259,6 +269,8 @@ class DSTEE(SparseTraining):
         seed=None,
         exclude=None,
         include_embeddings=False,
+        dense_first=False,
+        dense_last=False,
     ):
         _check_fraction("exploration", exploration, 0, float("inf"), False, True)
         _check_fraction("epsilon", epsilon, 0, float("inf"), False, True)
@@ -272,6 +284,8 @@ class DSTEE(SparseTraining):
             seed=seed,
             exclude=exclude,
             include_embeddings=include_embeddings,
+            dense_first=dense_first,
+            dense_last=dense_last,
             exploration=float(exploration),
             epsilon=float(epsilon),
             normalize_gradients=bool(normalize_gradients),
@@ -302,8 +316,8 @@ class Static(SparseTraining):
     """Static sparse training: a fixed random mask, never updated.
 
     Args:
-        sparsity, distribution, rescale, seed, exclude, include_embeddings:
-            as for `DSTEE`.
+        sparsity, distribution, rescale, seed, exclude, include_embeddings,
+        dense_first, dense_last: as for `DSTEE`.
     """
 
     method = "static"
@@ -316,6 +330,8 @@ class Static(SparseTraining):
         seed=None,
         exclude=None,
         include_embeddings=False,
+        dense_first=False,
+        dense_last=False,
     ):
         super().__init__(
             sparsity=sparsity,
@@ -324,4 +340,6 @@ class Static(SparseTraining):
             seed=seed,
             exclude=exclude,
             include_embeddings=include_embeddings,
+            dense_first=dense_first,
+            dense_last=dense_last,
         )

@@ -64,35 +64,73 @@ def active_count(shape, density):
 
 
 def layer_densities(
-    model, sparsity, distribution="erk", exclude=None, include_embeddings=False
+    model,
+    sparsity,
+    distribution="erk",
+    exclude=None,
+    include_embeddings=False,
+    dense_first=False,
+    dense_last=False,
 ):
     """The density of every prunable kernel of `model`, by variable path.
 
     Args:
         model: a built `keras.Model`.
         sparsity: float in [0, 1), the fraction of zeros over all prunable
-            kernels.
-        distribution: `"erk"`, `"er"` or `"uniform"`.
+            kernels (unused when `distribution` is a dict).
+        distribution: `"erk"`, `"er"`, `"uniform"`, or a dict mapping layer
+            names or regular expressions (matched against whole layer names;
+            the first matching entry wins) to that layer's sparsity in [0, 1).
+            With a dict, layers it does not match stay dense.
         exclude: layer names, regexes or classes whose weights stay dense.
         include_embeddings: whether `Embedding` tables are pruned too.
+        dense_first: keep the first prunable layer (e.g. the stem conv) dense.
+        dense_last: keep the last prunable layer (e.g. the classifier) dense.
 
     Returns:
         A dict `{variable.path: density}` to give to `SparseOptimizer`.
     """
-    from keras_dstee.layers import prunable_variables
+    from keras_dstee import layers as layers_lib
 
     if not model.built:
         raise ValueError(
             "The model is not built yet, so its kernels don't exist: call it "
             "on a batch or `model.build(input_shape)` first."
         )
-    variables = prunable_variables(model, include_embeddings, exclude)
-    if not variables:
+    pairs = layers_lib.prunable_layer_variables(model, include_embeddings, exclude)
+    ends = [p for p, keep in ((pairs[:1], dense_first), (pairs[-1:], dense_last)) if keep]
+    if ends:
+        dense_layers = {id(layer) for end in ends for layer, _ in end}
+        pairs = [(layer, v) for layer, v in pairs if id(layer) not in dense_layers]
+    if isinstance(distribution, dict):
+        densities = _mapped_densities(model, pairs, distribution)
+    else:
+        shapes = [tuple(v.shape) for _, v in pairs]
+        densities = kernel_densities(shapes, sparsity, distribution)
+    result = {v.path: d for (_, v), d in zip(pairs, densities) if d is not None}
+    if not result or (isinstance(distribution, dict) and all(d == 1 for d in result.values())):
         raise ValueError(
-            f"Model {model.name!r} has no prunable kernel (Dense, EinsumDense, "
-            "Conv*, DepthwiseConv*, SeparableConv*, or a layer defining "
-            "`get_prunable_weights()`) that is trainable and not excluded."
+            f"Model {model.name!r} has no prunable kernel left to train sparse "
+            "(Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv*, or a "
+            "layer defining `get_prunable_weights()`, trainable, not excluded "
+            "and, with a sparsity map, mapped to a sparsity above 0)."
         )
-    shapes = [tuple(v.shape) for v in variables]
-    densities = kernel_densities(shapes, sparsity, distribution)
-    return {v.path: d for v, d in zip(variables, densities)}
+    return result
+
+
+def _mapped_densities(model, pairs, sparsity_map):
+    from keras_dstee import layers as layers_lib
+
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    layers_lib.check_patterns("distribution", list(sparsity_map), layers, allow_classes=False)
+    for pattern, value in sparsity_map.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(
+                f"The sparsity of {pattern!r} in `distribution` must be a "
+                f"number in [0, 1) (1 would remove the layer). Received: {value!r}"
+            )
+    densities = []
+    for layer, _ in pairs:
+        value = layers_lib.layer_sparsity(layer, sparsity_map)
+        densities.append(None if value is None else 1.0 - value)
+    return densities

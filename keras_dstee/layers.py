@@ -64,37 +64,54 @@ def _matches(layer, pattern):
     return re.fullmatch(pattern, layer.name) is not None
 
 
-def prunable_variables(model, include_embeddings=False, exclude=None):
-    """The trainable variables of `model` that are trained sparse.
+def check_patterns(argument, patterns, layers, allow_classes=True):
+    """Raises unless every pattern is a name/regex (or class) matching a layer."""
+    kinds = (str, type) if allow_classes else (str,)
+    for pattern in patterns:
+        if not isinstance(pattern, kinds):
+            what = "layer names, regular expressions or layer classes" if allow_classes else "layer names or regular expressions"
+            raise ValueError(f"`{argument}` takes {what}. Received: {pattern!r}")
+        if not any(_matches(layer, pattern) for layer in layers):
+            names = sorted(layer.name for layer in layers)
+            raise ValueError(
+                f"`{argument}` entry {pattern!r} matches no layer of the model. "
+                f"Its layers are: {names}"
+            )
+
+
+def prunable_layer_variables(model, include_embeddings=False, exclude=None):
+    """`(layer, variable)` for each trainable variable of `model` trained
+    sparse, in the order of `model.trainable_variables`, each variable once
+    even when its layer is shared.
 
     Args:
         model: a built `keras.Model`.
         include_embeddings: whether `Embedding` tables are pruned too.
         exclude: layer names, regular expressions matched against whole layer
             names, or layer classes, whose weights stay dense.
-
-    Returns:
-        The variables, in the order of `model.trainable_variables`, each once
-        even when its layer is shared.
     """
     exclude = list(exclude or [])
     layers = list(model._flatten_layers(include_self=False, recursive=True))
-    for pattern in exclude:
-        if not isinstance(pattern, (str, type)):
-            raise ValueError(
-                "`exclude` takes layer names, regular expressions or layer "
-                f"classes. Received: {pattern!r}"
-            )
-        if not any(_matches(layer, pattern) for layer in layers):
-            names = sorted(layer.name for layer in layers)
-            raise ValueError(
-                f"`exclude` entry {pattern!r} matches no layer of the model. "
-                f"Its layers are: {names}"
-            )
-    chosen = set()
+    check_patterns("exclude", exclude, layers)
+    owner = {}
     for layer in layers:
         if any(_matches(layer, pattern) for pattern in exclude):
             continue
         for variable in layer_prunable_weights(layer, include_embeddings):
-            chosen.add(id(variable))
-    return [v for v in model.trainable_variables if id(v) in chosen]
+            owner.setdefault(id(variable), layer)
+    return [(owner[id(v)], v) for v in model.trainable_variables if id(v) in owner]
+
+
+def prunable_variables(model, include_embeddings=False, exclude=None):
+    """The trainable variables of `model` that are trained sparse (see
+    `prunable_layer_variables`)."""
+    return [v for _, v in prunable_layer_variables(model, include_embeddings, exclude)]
+
+
+def layer_sparsity(layer, sparsity_map):
+    """The sparsity the first matching entry of `sparsity_map` gives `layer`
+    (None if none matches)."""
+    for pattern, sparsity in sparsity_map.items():
+        if _matches(layer, pattern):
+            return sparsity
+    return None

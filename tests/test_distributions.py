@@ -59,3 +59,40 @@ def test_layer_densities_by_path():
     assert sorted(densities) == sorted(
         [model.layers[0].kernel.path, model.layers[3].kernel.path]
     )
+
+
+def _cnn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(8, 3, name="stem"), keras.layers.Conv2D(8, 3, name="body"),
+         keras.layers.Flatten(), keras.layers.Dense(16, name="fc1"), keras.layers.Dense(4, name="head")]
+    )
+
+
+def test_sparsity_map_by_name_and_regex():
+    model = _cnn()
+    densities = keras_dstee.layer_densities(model, 0.9, {"body": 0.5, "fc.*": 0.75})
+    by_layer = {path.split("/")[-2]: d for path, d in densities.items()}
+    assert by_layer == {"body": 0.5, "fc1": 0.25}  # stem and head unmatched: dense
+
+
+@pytest.mark.parametrize(
+    "mapping, message",
+    [
+        ({"nope": 0.5}, "matches no layer.*body.*fc1.*head.*stem"),
+        ({"body": 1.0}, r"must be a number in \[0, 1\)"),
+        ({"body": 0.0}, "no prunable kernel left"),
+        ({keras.layers.Dense: 0.5}, "layer names or regular expressions"),
+    ],
+)
+def test_bad_sparsity_maps(mapping, message):
+    with pytest.raises(ValueError, match=message):
+        keras_dstee.layer_densities(_cnn(), 0.9, mapping)
+
+
+def test_dense_first_and_last():
+    model = _cnn()
+    paths = set(keras_dstee.layer_densities(model, 0.9, "uniform", dense_first=True, dense_last=True))
+    assert {p.split("/")[-2] for p in paths} == {"body", "fc1"}
+    with pytest.raises(ValueError, match="matches no layer"):
+        keras_dstee.layer_densities(model, 0.9, exclude=["missing"])
