@@ -4,6 +4,12 @@ import keras
 from keras import ops
 
 
+def masked(x, mask):
+    """`x` where `mask` is 1, exactly 0 elsewhere (even where `x` is NaN,
+    which a product with 0 would keep)."""
+    return ops.where(ops.convert_to_tensor(mask) > 0, x, ops.zeros_like(x))
+
+
 class MaskConstraint(keras.constraints.Constraint):
     """Multiplies a weight by its mask after every optimizer step.
 
@@ -23,5 +29,4 @@ class MaskConstraint(keras.constraints.Constraint):
         w = ops.convert_to_tensor(w)
         if self.user_constraint is not None:
             w = self.user_constraint(w)
-        # `where`, not a product: NaN * 0 would leak NaN into inactive weights.
-        return ops.where(ops.convert_to_tensor(self.mask) > 0, w, ops.zeros_like(w))
+        return masked(w, self.mask)

@@ -9,6 +9,7 @@ from keras.src.utils import tracking
 
 from keras_dstee import updates
 from keras_dstee.constraints import MaskConstraint
+from keras_dstee.constraints import masked
 from keras_dstee.distributions import active_count
 
 
@@ -24,11 +25,6 @@ class _StepSeed(keras.random.SeedGenerator):
 
     def next(self, ordered=True):
         return self._value
-
-
-def _masked(x, mask):
-    """`x` where `mask` is 1, exactly 0 elsewhere (even where `x` is NaN)."""
-    return ops.where(ops.convert_to_tensor(mask) > 0, x, ops.zeros_like(x))
 
 
 def find_sparse_optimizer(optimizer):
@@ -298,7 +294,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         dense_grads = {id(k): grads[i] for k, i in kernels}
         for k, i in kernels:
             if grads[i] is not None:
-                grads[i] = _masked(grads[i], k["mask"])
+                grads[i] = masked(grads[i], k["mask"])
         self.inner_optimizer.apply(grads, variables)
         self._update_masks([(k, dense_grads[id(k)]) for k, _ in kernels])
 
@@ -317,7 +313,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             for k, _ in kernels:
                 w = ops.convert_to_tensor(k["variable"])
                 scale = 1.0 / math.sqrt(k["density"]) if self.rescale else 1.0
-                values.append(_masked(w, k["mask"]) * scale)
+                values.append(masked(w, k["mask"]) * scale)
             return values
 
         self._cond_assign(ops.equal(self.installed, 0), install, targets)
@@ -416,9 +412,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         )
         keep = new_mask * (1.0 - grown)
         new_slots = [
-            _masked(ops.convert_to_tensor(s), keep) for s in kernel["slots"]
+            masked(ops.convert_to_tensor(s), keep) for s in kernel["slots"]
         ]
-        return [new_mask, counter, _masked(weight, keep)] + new_slots
+        return [new_mask, counter, masked(weight, keep)] + new_slots
 
     # --- delegation to the inner optimizer -------------------------------------
 
