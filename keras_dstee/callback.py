@@ -1,5 +1,6 @@
 """The callbacks users pass to `fit`: `DSTEE` and the baselines."""
 
+import contextlib
 import numbers
 import warnings
 
@@ -23,25 +24,33 @@ def _check_fraction(name, value, low, high, low_open, high_open):
 
 
 def _check_distribution(model):
-    """Refuses the multi-replica setups whose gradient aggregation the mask
-    update does not handle yet, rather than training wrong."""
+    """Refuses the multi-replica setups the mask update does not handle,
+    rather than training wrong: supported are JAX's `keras.distribution`
+    and TensorFlow's `MirroredStrategy` (one machine, several devices)."""
     backend = keras.backend.backend()
-    replicas = 1
+    replicas, setup = 1, None
     if backend == "tensorflow":
+        import tensorflow as tf
+
         strategy = getattr(model, "distribute_strategy", None)
         replicas = getattr(strategy, "num_replicas_in_sync", 1)
+        if type(strategy) is tf.distribute.MirroredStrategy:
+            return
+        setup = type(strategy).__name__
     elif backend == "torch":
         import torch.distributed
 
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             replicas = torch.distributed.get_world_size()
+            setup = "torch.distributed"
     if replicas > 1:
         raise ValueError(
-            f"Sparse training with {replicas} replicas on the {backend} backend "
-            "is not supported yet: the mask update would score each replica's "
-            "local gradient. Train on one device, or use the JAX backend with "
-            "`keras.distribution.DataParallel` / `ModelParallel`, which are "
-            "supported."
+            f"Sparse training with {setup} over {replicas} replicas is not "
+            "supported: the mask update must see the gradient summed over all "
+            "replicas, which is implemented for TensorFlow's "
+            "`tf.distribute.MirroredStrategy` and for JAX's "
+            "`keras.distribution` (`DataParallel`, `ModelParallel`). Use one "
+            "of those, or train on one device."
         )
 
 
@@ -145,19 +154,23 @@ class SparseTraining(keras.callbacks.Callback):
             dense_first=self.dense_first,
             dense_last=self.dense_last,
         )
-        wrapper = SparseOptimizer(
-            optimizer,
-            densities,
-            method=self.method,
-            update_freq=self.update_freq,
-            drop_fraction=self.drop_fraction,
-            end_step=self._total_steps(),
-            rescale=self.rescale,
-            seed=self.seed,
-            **self.method_args,
-        )
-        wrapper.build(model.trainable_variables)
-        wrapper.install()
+        # Under `tf.distribute`, the wrapper's variables are mirrored like the
+        # model's: create them in the model's strategy scope.
+        strategy = getattr(model, "distribute_strategy", None)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            wrapper = SparseOptimizer(
+                optimizer,
+                densities,
+                method=self.method,
+                update_freq=self.update_freq,
+                drop_fraction=self.drop_fraction,
+                end_step=self._total_steps(),
+                rescale=self.rescale,
+                seed=self.seed,
+                **self.method_args,
+            )
+            wrapper.build(model.trainable_variables)
+            wrapper.install()
         if loss_scale is None:
             model.optimizer = wrapper
         else:

@@ -27,6 +27,19 @@ class _StepSeed(keras.random.SeedGenerator):
         return self._value
 
 
+def _multi_replica_context():
+    """TensorFlow's replica context while `tf.distribute` runs the step on
+    several replicas; None otherwise (and on the other backends)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
 def find_sparse_optimizer(optimizer):
     """The `SparseOptimizer` in `optimizer`: itself, or inside the
     `LossScaleOptimizer` that mixed precision puts around it; else None."""
@@ -217,10 +230,13 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return [self.densities.get(path, 1.0) for path in paths]
 
     def _scalar(self, name, value):
+        # Under `tf.distribute`, every replica holds the same counters: an
+        # `assign_add` from the replicas takes the first one's value.
         return self.add_variable(
             shape=(),
             dtype="int",
             initializer=keras.initializers.Constant(value),
+            aggregation="only_first_replica",
             name=name,
         )
 
@@ -316,38 +332,79 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 values.append(masked(w, k["mask"]) * scale)
             return values
 
-        self._cond_assign(ops.equal(self.installed, 0), install, targets)
+        self._cond_assign(lambda: ops.equal(self.installed, 0), install, targets)
         self.installed.assign(1)
 
-    def _cond_assign(self, predicate, compute, targets):
-        """`targets[i].assign(compute()[i])` when `predicate` holds.
+    def _cond_assign(self, predicate, compute, targets, grads=()):
+        """`targets[i].assign(compute(*grads)[i])` when `predicate()` holds.
 
         JAX forbids assignments inside `ops.cond`, so there both branches
         return values and the assignment happens outside (free in a stateless
         step). Elsewhere the assignment stays inside the branch, so a skipped
-        step copies nothing; torch uses a plain `if`.
+        step copies nothing; torch uses a plain `if`. Under `tf.distribute`
+        the branch runs once for all replicas, on the summed gradients.
         """
         if not targets:
             return
+        grads = list(grads)
+        context = _multi_replica_context()
+        if context is not None:
+
+            def cross_replica(strategy, grads):
+                self._cross_replica_cond_assign(
+                    strategy, predicate, compute, targets, grads
+                )
+
+            context.merge_call(cross_replica, args=(grads,))
+            return
         if keras.backend.backend() == "jax":
             values = ops.cond(
-                predicate, compute, lambda: [ops.convert_to_tensor(t) for t in targets]
+                predicate(),
+                lambda: compute(*grads),
+                lambda: [ops.convert_to_tensor(t) for t in targets],
             )
             for target, value in zip(targets, values):
                 target.assign(value)
             return
 
         def compute_and_assign():
-            for target, value in zip(targets, compute()):
+            for target, value in zip(targets, compute(*grads)):
                 target.assign(value)
 
         if keras.backend.backend() == "torch":
             # `ops.cond` is a Python `if` on torch anyway, and under
             # torch.compile each call names a new op and forces a recompile.
-            if bool(predicate):
+            if bool(predicate()):
                 compute_and_assign()
             return
-        ops.cond(predicate, compute_and_assign, lambda: None)
+        ops.cond(predicate(), compute_and_assign, lambda: None)
+
+    @staticmethod
+    def _cross_replica_cond_assign(strategy, predicate, compute, targets, grads):
+        """`_cond_assign` in TensorFlow's cross-replica context: `grads` hold
+        one value per replica. A collective cannot run inside a replica's
+        `cond`, so the condition is taken here; only when it holds are the
+        gradients summed across replicas (as the inner optimizer sums them)
+        and `compute` run on every device, where reads and writes of the
+        mirrored variables touch that device's copy."""
+        import tensorflow as tf
+
+        anchor = targets[0].value
+
+        def update():
+            reduced = []
+            if grads:
+                reduced = strategy.extended.batch_reduce_to(
+                    tf.distribute.ReduceOp.SUM, [(g, anchor) for g in grads]
+                )
+
+            def on_device(_, *reduced):
+                for target, value in zip(targets, compute(*reduced)):
+                    target.assign(value)
+
+            strategy.extended.update(anchor, on_device, args=tuple(reduced), group=False)
+
+        ops.cond(predicate(), update, lambda: None)
 
     def _update_masks(self, kernels_and_grads):
         kernels_and_grads = [
@@ -355,34 +412,36 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         ]
         if self.method == "static" or not kernels_and_grads:
             return
-        step = ops.convert_to_tensor(self.step)
-        end = ops.convert_to_tensor(self.end_step_variable)
-        fraction = updates.drop_fraction_at(
-            step, self.start_step, end, self.drop_fraction
-        )
-        due = ops.logical_and(
-            ops.equal(step % self.update_freq, 0), ops.less(step, end)
-        )
+        kernels = [k for k, _ in kernels_and_grads]
         targets = [self.last_update, self.skipped_updates]
-        for k, _ in kernels_and_grads:
+        for k in kernels:
             targets += [k["mask"], k["counter"], k["variable"]] + k["slots"]
 
-        def compute():
-            # A non-finite gradient would corrupt the scores: keep the masks.
-            finite = ops.all(
-                ops.stack([ops.all(ops.isfinite(g)) for _, g in kernels_and_grads])
+        def due():
+            step = ops.convert_to_tensor(self.step)
+            return ops.logical_and(
+                ops.equal(step % self.update_freq, 0),
+                ops.less(step, self.end_step_variable),
             )
+
+        def compute(*grads):
+            step = ops.convert_to_tensor(self.step)
+            fraction = updates.drop_fraction_at(
+                step, self.start_step, self.end_step_variable, self.drop_fraction
+            )
+            # A non-finite gradient would corrupt the scores: keep the masks.
+            finite = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads]))
             elapsed = ops.cast(step - self.last_update, "float32")
             skipped = self.skipped_updates + ops.cast(ops.logical_not(finite), self.skipped_updates.dtype)
-            values = [ops.convert_to_tensor(step), skipped]
-            for number, (k, grad) in enumerate(kernels_and_grads):
+            values = [step, skipped]
+            for number, (k, grad) in enumerate(zip(kernels, grads)):
                 old = [k["mask"], k["counter"], k["variable"]] + k["slots"]
                 old = [ops.convert_to_tensor(v) for v in old]
                 new = self._drop_and_grow(k, grad, step, fraction, elapsed, number)
                 values += [ops.where(finite, n, o) for n, o in zip(new, old)]
             return values
 
-        self._cond_assign(due, compute, targets)
+        self._cond_assign(due, compute, targets, [g for _, g in kernels_and_grads])
 
     def _drop_and_grow(self, kernel, grad, step, fraction, elapsed, number):
         mask = ops.convert_to_tensor(kernel["mask"])

@@ -1,5 +1,5 @@
-"""Multi-device training: JAX `keras.distribution` works; setups whose gradient
-aggregation the mask update does not handle yet are refused clearly."""
+"""Multi-device training: JAX `keras.distribution` and TF `MirroredStrategy`
+give the masks of one device; other multi-replica setups are refused clearly."""
 
 import json
 import os
@@ -86,32 +86,95 @@ def test_jax_model_parallel_shards_masks_like_kernels():
         assert kernel["mask_sum"] == kernel["active"] and kernel["zeros_outside"]
 
 
+# Runs in a fresh process: logical devices are fixed before TF starts.
 TF_SCRIPT = """
+import contextlib, json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np, keras, keras_dstee
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-x = np.ones((64, 16), "float32"); y = np.zeros(64, "int32")
-with strategy.scope():
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8), keras.layers.Dense(5)])
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+mode, policy = sys.argv[1], sys.argv[2]
+keras.mixed_precision.set_global_policy(policy)
+strategy = {
+    "single": None,
+    "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+    "central_storage": lambda: tf.distribute.experimental.CentralStorageStrategy(["/cpu:0", "/cpu:1"]),
+}[mode]
+strategy = strategy() if strategy else None
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 16)).astype("float32"); y = rng.integers(0, 5, size=256)
+keras.utils.set_random_seed(0)
+with strategy.scope() if strategy else contextlib.nullcontext():
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(5)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+def copies(variable):  # one array per replica
+    value = variable.value
+    return [np.asarray(c) for c in getattr(value, "values", [value])]
+
+class InitialMasks(keras.callbacks.Callback):  # runs after DSTEE has installed
+    def on_train_begin(self, logs=None):
+        sparse = keras_dstee.optimizer.find_sparse_optimizer(self.model.optimizer)
+        self.masks = [copies(k["mask"])[0] for k in sparse.kernels]
+
+initial = InitialMasks()
+callback = keras_dstee.DSTEE(sparsity=0.8, distribution="uniform", update_freq=2, seed=0)
 before = [w.numpy().copy() for w in model.weights]
 try:
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[keras_dstee.DSTEE(sparsity=0.8)])
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[callback, initial])
 except ValueError as error:
     same = all((a == w.numpy()).all() for a, w in zip(before, model.weights))
-    print("REFUSED", same, error)
+    print("RESULT " + json.dumps({"refused": str(error), "weights_untouched": bool(same)}))
+    sys.exit()
+out = {"replicas": model.distribute_strategy.num_replicas_in_sync, "kernels": []}
+for k, start in zip(callback.optimizer.kernels, initial.masks):
+    masks, weights = copies(k["mask"]), copies(k["variable"])
+    out["kernels"].append({
+        "active": k["active"],
+        "mask_sums": [int(m.sum()) for m in masks],
+        "zeros_outside": all(bool((w[m == 0] == 0).all()) for w, m in zip(weights, masks)),
+        "replicas_equal": all((m == masks[0]).all() for m in masks)
+        and all((w == weights[0]).all() for w in weights),
+        "moved": int((masks[0] != start).sum()),
+        "mask": np.flatnonzero(masks[0]).tolist(),
+        "weight": weights[0].astype("float32").ravel().tolist(),
+    })
+print("RESULT " + json.dumps(out))
 """
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
-def test_tf_mirrored_strategy_is_refused_clearly():
+def _run_tf(mode, policy="float32"):
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    result = subprocess.run([sys.executable, "-c", TF_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=600, check=False)
+    result = subprocess.run([sys.executable, "-c", TF_SCRIPT, mode, policy], env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "REFUSED True" in result.stdout and "2 replicas" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_tf_mirrored_strategy_matches_single_device(policy):
+    single = _run_tf("single", policy)
+    mirrored = _run_tf("mirrored", policy)
+    assert mirrored["replicas"] == 2
+    for one, two in zip(single["kernels"], mirrored["kernels"]):
+        assert two["replicas_equal"] and two["zeros_outside"]
+        assert two["mask_sums"] == [two["active"]] * 2
+        assert two["moved"] > 0  # the masks were updated during training
+        # Scored on the gradient summed over replicas: the masks of one
+        # device on the same global batches.
+        assert one["mask"] == two["mask"]
+        np.testing.assert_allclose(one["weight"], two["weight"], atol=1e-2 if policy == "mixed_float16" else 1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
+def test_tf_unsupported_strategy_is_refused_clearly():
+    result = _run_tf("central_storage")
+    assert result["weights_untouched"]
+    assert "CentralStorageStrategy over 2 replicas is not supported" in result["refused"]
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is the torch backend's")
@@ -126,7 +189,7 @@ def test_torch_distributed_is_refused_clearly(monkeypatch, data):
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     callback = keras_dstee.DSTEE()
     callback.set_model(model)  # `fit` itself would trip on the fake process group
-    with pytest.raises(ValueError, match="2 replicas on the torch backend"):
+    with pytest.raises(ValueError, match="torch.distributed over 2 replicas is not supported"):
         callback.on_train_begin()
     for a, w in zip(before, model.weights):
         np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(w))
