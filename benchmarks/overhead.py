@@ -6,8 +6,8 @@
 
 Protocol (separate processes drift 20-50% on a shared machine): both models
 live in one process and one step of each alternates, through the compiled
-train function `fit` uses (`train_on_batch`), mask-update steps included. The
-sparse model is compiled with `SparseOptimizer` (DST-EE, 90% sparsity, ERK).
+train function `fit` uses (`train_on_batch`), mask-update steps included;
+which model steps first alternates. The sparse model is compiled with `SparseOptimizer` (DST-EE, 90% sparsity, ERK).
 Reported: the ratio of mean step times (median over `--repeats` blocks,
 after warm-up steps), the extra time of a mask-update step over a plain one
 (one drop-and-grow), and peak RSS. Writes
@@ -70,15 +70,17 @@ def measure(name, update_freq, steps, warmup, repeats, batch_size):
     ratios, update_extra = [], []
     for _ in range(repeats):
         times = {"dense": [], "sparse": [], "sparse_update": []}
-        for _ in range(steps):
-            start = time.perf_counter()
-            dense.train_on_batch(x, y)
-            times["dense"].append(time.perf_counter() - start)
+        for step in range(steps):
             # The step about to run updates masks if its number is a multiple.
             due = (int(keras.ops.convert_to_numpy(optimizer.step)) + 1) % update_freq == 0
-            start = time.perf_counter()
-            sparse.train_on_batch(x, y)
-            times["sparse_update" if due else "sparse"].append(time.perf_counter() - start)
+            # Which model goes first alternates, so neither pays for the
+            # other's leftovers (allocator, caches) more often.
+            for name in ("dense", "sparse") if step % 2 == 0 else ("sparse", "dense"):
+                model = dense if name == "dense" else sparse
+                start = time.perf_counter()
+                model.train_on_batch(x, y)
+                elapsed = time.perf_counter() - start
+                times["sparse_update" if name == "sparse" and due else name].append(elapsed)
         all_sparse = times["sparse"] + times["sparse_update"]
         ratios.append(statistics.mean(all_sparse) / statistics.mean(times["dense"]))
         if times["sparse_update"]:
