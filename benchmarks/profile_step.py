@@ -22,8 +22,8 @@ import statistics
 import time
 
 import keras
-import numpy as np
 from common import RESULTS
+from overhead import batches
 from overhead import build
 
 TIMES = collections.defaultdict(float)
@@ -47,12 +47,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch_size, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, size=args.batch_size)
+    data = batches(args.batch_size)
     dense = build("small_cnn", False, args.update_freq, args.steps * args.repeats)
     sparse = build("small_cnn", True, args.update_freq, args.steps * args.repeats)
-    for _ in range(10):
+    for x, y in data[:10]:
         dense.train_on_batch(x, y)
         sparse.train_on_batch(x, y)
 
@@ -70,6 +68,7 @@ def main():
     for _ in range(args.repeats):
         TIMES.clear()
         for step in range(args.steps):
+            x, y = data[step % len(data)]
             for name in ("dense", "sparse") if step % 2 == 0 else ("sparse", "dense"):
                 start = time.perf_counter()
                 (dense if name == "dense" else sparse).train_on_batch(x, y)

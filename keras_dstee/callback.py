@@ -131,12 +131,29 @@ class SparseTraining(keras.callbacks.Callback):
         existing = find_sparse_optimizer(optimizer)
         if existing is not None:
             # A second `fit`, or a model loaded with its sparse state.
+            self._warn_if_settings_differ(existing)
             self.optimizer = existing
         else:
             self.optimizer = self._wrap(model, optimizer)
         self._model_id = id(model)
         self._schedule_pending = True
         self._skipped_updates = int(keras.ops.convert_to_numpy(self.optimizer.skipped_updates))
+
+    def _warn_if_settings_differ(self, existing):
+        """A model already training sparse keeps its masks and settings."""
+        wanted = dict(method=self.method, update_freq=self.update_freq, drop_fraction=self.drop_fraction)
+        wanted.update(self.method_args)
+        if self.method == "static":
+            wanted = {"method": "static"}
+        differ = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
+        if differ:
+            kept = ", ".join(f"{k}={getattr(existing, k)!r}" for k in differ)
+            warnings.warn(
+                f"The model already trains sparse ({kept}); {type(self).__name__} "
+                "continues with those settings and its masks, not "
+                f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}.",
+                stacklevel=3,
+            )
 
     def _wrap(self, model, optimizer):
         """Puts a `SparseOptimizer` around the user's optimizer (inside the

@@ -177,6 +177,21 @@ def test_fit_twice_continues(data):
     assert_budget(model)
 
 
+def test_second_fit_with_other_settings_warns_and_keeps_the_masks(data):
+    x, y = data
+    model = compile_model(small_cnn())
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[keras_dstee.DSTEE(update_freq=2, seed=1)])
+    optimizer = model.optimizer
+    before = masks(model)
+    with pytest.warns(UserWarning, match=r"continues with those settings.*update_freq=5"):
+        model.fit(x, y, batch_size=32, epochs=2, steps_per_epoch=1, verbose=0,
+                  callbacks=[keras_dstee.RigL(update_freq=5)], initial_epoch=1)
+    assert model.optimizer is optimizer and optimizer.method == "dstee"
+    assert int(to_numpy(optimizer.step)) == 9
+    for a, b in zip(before, masks(model)):
+        np.testing.assert_array_equal(a, b)  # step 9 is no update step for update_freq=2
+
+
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["nojit", "jit"])
 def test_sparse_optimizer_compiled_directly(data, jit_compile):
     x, y = data
