@@ -48,6 +48,30 @@ def find_sparse_optimizer(optimizer):
     return optimizer if isinstance(optimizer, SparseOptimizer) else None
 
 
+def _unwrap_loss_scale(optimizer):
+    """The optimizer inside a `LossScaleOptimizer` given as our inner one.
+
+    The loss scaling must happen outside: inside, its skipped steps would
+    still count as ours, and on JAX its stateful `apply` cannot run in our
+    step. Under a mixed_float16 policy `compile` puts a default
+    `LossScaleOptimizer` around ours, so the user's is dropped when that
+    loses nothing; otherwise the user is told which order to write.
+    """
+    defaults = keras.optimizers.LossScaleOptimizer(optimizer.inner_optimizer)
+    same = (optimizer.initial_scale, optimizer.dynamic_growth_steps) == (
+        defaults.initial_scale,
+        defaults.dynamic_growth_steps,
+    )
+    if keras.config.dtype_policy().name == "mixed_float16" and same:
+        return optimizer.inner_optimizer
+    raise ValueError(
+        "Put the LossScaleOptimizer outside: "
+        "`LossScaleOptimizer(SparseOptimizer(inner, ...))`, or compile "
+        "`SparseOptimizer(inner, ...)` under a mixed_float16 policy and "
+        "Keras adds it."
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_dstee")
 class SparseOptimizer(keras.optimizers.Optimizer):
     """Trains chosen kernels sparse, with a fixed number of active weights.
@@ -138,14 +162,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 f"Received: {inner_optimizer!r}"
             )
         if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
-            # Inside, its skipped steps would still count as ours, and on
-            # JAX its stateful `apply` cannot run in our step.
-            raise ValueError(
-                "Put the LossScaleOptimizer outside: "
-                "`LossScaleOptimizer(SparseOptimizer(inner, ...))`, or compile "
-                "`SparseOptimizer(inner, ...)` under a mixed_float16 policy and "
-                "Keras adds it."
-            )
+            inner_optimizer = _unwrap_loss_scale(inner_optimizer)
         if method not in updates.GROW_METHODS:
             raise ValueError(
                 f"Unknown `method={method!r}`. Expected one of "

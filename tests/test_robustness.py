@@ -60,10 +60,38 @@ def test_mixed_precision(policy, tmp_path):
     assert_budget(loaded)
 
 
-def test_loss_scale_optimizer_must_be_outside():
-    inner = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+@pytest.mark.parametrize("order", ["loss_scale_outside", "loss_scale_inside"])
+def test_loss_scale_optimizer_in_either_order(policy, order):
+    x, y = _mlp_data()
+    model = _mlp()
+    densities = keras_dstee.layer_densities(model, 0.8)
+    sgd = keras.optimizers.SGD(0.05, momentum=0.9)
+    if order == "loss_scale_outside":
+        optimizer = keras.optimizers.LossScaleOptimizer(keras_dstee.SparseOptimizer(sgd, densities, update_freq=2, end_step=12))
+    else:  # what a user may write; `compile` then puts Keras's own outside
+        optimizer = keras_dstee.SparseOptimizer(keras.optimizers.LossScaleOptimizer(sgd), densities, update_freq=2, end_step=12)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    sparse = model.optimizer.inner_optimizer
+    assert isinstance(sparse, keras_dstee.SparseOptimizer) and sparse.inner_optimizer is sgd
+    assert int(to_numpy(sparse.last_update)) == 10  # masks were updated
+    for kernel in sparse.kernels:
+        mask = to_numpy(kernel["mask"])
+        assert int(mask.sum()) == kernel["active"]
+        assert (to_numpy(kernel["variable"])[mask == 0] == 0).all()
+
+
+def test_loss_scale_optimizer_inside_that_would_lose_settings_is_refused():
+    # Without a mixed_float16 policy nothing would scale the loss, and custom
+    # settings would be lost: say which order to write.
+    custom = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(), initial_scale=128.0)
     with pytest.raises(ValueError, match="LossScaleOptimizer outside"):
-        keras_dstee.SparseOptimizer(inner, {})
+        keras_dstee.SparseOptimizer(custom, {})
+    default = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())
+    with pytest.raises(ValueError, match="LossScaleOptimizer outside"):
+        keras_dstee.SparseOptimizer(default, {})  # the policy is float32
 
 
 def test_nan_gradient_at_an_update_step_is_skipped():
