@@ -2,6 +2,8 @@
 
     KERAS_BACKEND=jax python benchmarks/overhead.py                  # small CNN
     KERAS_BACKEND=jax python benchmarks/overhead.py --model resnet50_cifar --steps 60
+    # one drop-and-grow (update step minus plain step; the batch size barely matters):
+    python benchmarks/overhead.py --model cnn_5m --update-freqs 2 --batch-size 8 --steps 20 --repeats 1
     python benchmarks/overhead.py --quick                            # a few seconds
 
 Protocol (separate processes drift 20-50% on a shared machine): both models
@@ -29,15 +31,24 @@ from common import load_cifar10
 
 import keras_dstee
 
-MODELS = {
-    "small_cnn": lambda: keras.Sequential(
+
+def vgg_cnn(widths):
+    """Two 3x3 convs per width, max-pooling between: the small CNN at (32, 64,
+    128) with 0.29M parameters; (64, 128, 256) has 1.1M, (128, 256, 512) 4.6M."""
+    return keras.Sequential(
         [keras.Input((32, 32, 3))]
-        + [layer for w in (32, 64, 128) for layer in (
+        + [layer for w in widths for layer in (
             keras.layers.Conv2D(w, 3, padding="same", activation="relu"),
             keras.layers.Conv2D(w, 3, padding="same", activation="relu"),
             keras.layers.MaxPooling2D())]
         + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
-    ),
+    )
+
+
+MODELS = {
+    "small_cnn": lambda: vgg_cnn((32, 64, 128)),
+    "cnn_1m": lambda: vgg_cnn((64, 128, 256)),
+    "cnn_5m": lambda: vgg_cnn((128, 256, 512)),
     "resnet50_cifar": lambda: keras_dstee.models.resnet50_cifar(10),
     "vgg19_cifar": lambda: keras_dstee.models.vgg19_cifar(10),
 }
