@@ -98,6 +98,8 @@ keras.mixed_precision.set_global_policy(policy)
 strategy = {
     "single": None,
     "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+    "single_direct": None,
+    "mirrored_direct": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
     "central_storage": lambda: tf.distribute.experimental.CentralStorageStrategy(["/cpu:0", "/cpu:1"]),
 }[mode]
 strategy = strategy() if strategy else None
@@ -107,8 +109,13 @@ keras.utils.set_random_seed(0)
 with strategy.scope() if strategy else contextlib.nullcontext():
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
                               keras.layers.Dense(64, activation="relu"), keras.layers.Dense(5)])
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    if mode.endswith("direct"):  # no callback: `SparseOptimizer` compiled in the scope
+        optimizer = keras_dstee.SparseOptimizer(optimizer, keras_dstee.layer_densities(model, 0.8, "uniform"),
+                                                update_freq=2, end_step=12, seed=0)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if mode.endswith("direct"):
+        optimizer.build(model.trainable_variables)  # so the initial masks can be read
 
 def copies(variable):  # one array per replica
     value = variable.value
@@ -123,13 +130,14 @@ initial = InitialMasks()
 callback = keras_dstee.DSTEE(sparsity=0.8, distribution="uniform", update_freq=2, seed=0)
 before = [w.numpy().copy() for w in model.weights]
 try:
-    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[callback, initial])
+    callbacks = [initial] if mode.endswith("direct") else [callback, initial]
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
 except ValueError as error:
     same = all((a == w.numpy()).all() for a, w in zip(before, model.weights))
     print("RESULT " + json.dumps({"refused": str(error), "weights_untouched": bool(same)}))
     sys.exit()
 out = {"replicas": model.distribute_strategy.num_replicas_in_sync, "kernels": []}
-for k, start in zip(callback.optimizer.kernels, initial.masks):
+for k, start in zip(keras_dstee.optimizer.find_sparse_optimizer(model.optimizer).kernels, initial.masks):
     masks, weights = copies(k["mask"]), copies(k["variable"])
     out["kernels"].append({
         "active": k["active"],
@@ -168,6 +176,16 @@ def test_tf_mirrored_strategy_matches_single_device(policy):
         # device on the same global batches.
         assert one["mask"] == two["mask"]
         np.testing.assert_allclose(one["weight"], two["weight"], atol=1e-2 if policy == "mixed_float16" else 1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
+def test_tf_mirrored_strategy_with_sparse_optimizer_compiled_directly():
+    single = _run_tf("single_direct")
+    mirrored = _run_tf("mirrored_direct")
+    for one, two in zip(single["kernels"], mirrored["kernels"]):
+        assert two["replicas_equal"] and two["zeros_outside"] and two["moved"] > 0
+        assert two["mask_sums"] == [two["active"]] * 2
+        assert one["mask"] == two["mask"]
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
