@@ -1,5 +1,6 @@
 """`SparseOptimizer`: owns the masks and runs drop-and-grow inside the step."""
 
+import inspect
 import math
 
 import keras
@@ -57,10 +58,10 @@ def _unwrap_loss_scale(optimizer):
     `LossScaleOptimizer` around ours, so the user's is dropped when that
     loses nothing; otherwise the user is told which order to write.
     """
-    defaults = keras.optimizers.LossScaleOptimizer(optimizer.inner_optimizer)
-    same = (optimizer.initial_scale, optimizer.dynamic_growth_steps) == (
-        defaults.initial_scale,
-        defaults.dynamic_growth_steps,
+    defaults = inspect.signature(keras.optimizers.LossScaleOptimizer).parameters
+    same = all(
+        getattr(optimizer, name) == defaults[name].default
+        for name in ("initial_scale", "dynamic_growth_steps")
     )
     if keras.config.dtype_policy().name == "mixed_float16" and same:
         return optimizer.inner_optimizer

@@ -83,15 +83,19 @@ def test_loss_scale_optimizer_in_either_order(policy, order):
         assert (to_numpy(kernel["variable"])[mask == 0] == 0).all()
 
 
-def test_loss_scale_optimizer_inside_that_would_lose_settings_is_refused():
-    # Without a mixed_float16 policy nothing would scale the loss, and custom
-    # settings would be lost: say which order to write.
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_loss_scale_optimizer_inside_with_custom_settings_is_refused(policy):
+    # Keras's default one would replace it: say which order to write.
     custom = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(), initial_scale=128.0)
     with pytest.raises(ValueError, match="LossScaleOptimizer outside"):
         keras_dstee.SparseOptimizer(custom, {})
+
+
+def test_loss_scale_optimizer_inside_without_mixed_float16_is_refused():
+    # `compile` would add no LossScaleOptimizer: nothing would scale the loss.
     default = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())
     with pytest.raises(ValueError, match="LossScaleOptimizer outside"):
-        keras_dstee.SparseOptimizer(default, {})  # the policy is float32
+        keras_dstee.SparseOptimizer(default, {})
 
 
 def test_nan_gradient_at_an_update_step_is_skipped():
