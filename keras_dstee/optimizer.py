@@ -337,7 +337,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         dense_grads = {id(k): grads[i] for k, i in kernels}
         for k, i in kernels:
             if grads[i] is not None:
-                # A product, ~10x cheaper than `where` in eager torch. A NaN it
+                # A product, cheaper than `where` in eager torch. A NaN it
                 # lets into an inactive slot never reaches a weight (the
                 # constraint uses `where`) and growing resets the slot.
                 grads[i] = grads[i] * ops.convert_to_tensor(k["mask"])
