@@ -11,7 +11,7 @@ def masked(x, mask):
 
 
 class MaskConstraint(keras.constraints.Constraint):
-    """Multiplies a weight by its mask after every optimizer step.
+    """Zeroes a weight outside its mask after every optimizer step.
 
     Keras applies variable constraints inside the compiled step, right after
     the optimizer update. The mask is a variable of `SparseOptimizer`, so every
