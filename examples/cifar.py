@@ -46,6 +46,7 @@ def run(description, dataset, num_classes, build_model, out):
         args.epochs = min(args.epochs, 2)
         args.batch_size = min(args.batch_size, 32)
         args.update_freq = 1
+        args.width = min(args.width, 0.125)
     if train[1].max() >= num_classes:
         raise SystemExit(f"--data has labels up to {train[1].max()}, but the model has {num_classes} classes")
     train_ds, test_ds = cifar_datasets(train, test, args.batch_size, args.seed)
@@ -55,6 +56,6 @@ def run(description, dataset, num_classes, build_model, out):
     )
     optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model = build_model(num_classes)
+    model = build_model(num_classes, width=args.width)
     args.out = args.out or os.path.join("runs", f"{dataset}_{args.method}_{args.sparsity}")
     return train_and_report(model, args, train_ds, test_ds, optimizer, loss, None)

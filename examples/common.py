@@ -15,19 +15,35 @@ METHODS = ("dstee", "rigl", "set", "static", "dense")
 
 
 def parser(description, defaults):
-    """The examples' common command line; `defaults` sets per-example values."""
-    p = argparse.ArgumentParser(description=description)
+    """The examples' common command line; `defaults` sets per-example values.
+    `--help` shows every default."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", choices=METHODS, default="dstee", help="sparse-training method")
     p.add_argument("--sparsity", type=float, default=0.9, help="global sparsity of the prunable kernels")
-    p.add_argument("--epochs", type=int, default=defaults["epochs"])
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-    p.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate")
+    p.add_argument("--epochs", type=int, default=defaults["epochs"], help="training epochs")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="global batch size")
+    p.add_argument("--lr", type=float, default=defaults["lr"], help=defaults.get("lr_help", "peak learning rate"))
     p.add_argument("--update-freq", type=int, default=100, help="steps between mask updates")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (1.0: the paper's)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, masks and data order")
     p.add_argument("--data", help=defaults["data_help"])
     p.add_argument("--out", default=defaults["out"], help="folder for logs, plots, .keras and .tflite")
-    p.add_argument("--smoke", action="store_true", help="a few steps at tiny size (CI)")
+    p.add_argument("--smoke", action="store_true", help="a few steps of the same model at width 1/8 (CI)")
     return p
+
+
+def require(module, extra="examples"):
+    """Imports `module`, or exits naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise SystemExit(
+            f"This example needs `{module}` ({error}). Install it with "
+            f"`pip install \"keras-dstee[{extra}]\"` (or `pip install -e \".[{extra}]\"` "
+            "from a checkout)."
+        ) from None
 
 
 def online(host="storage.googleapis.com", port=443, timeout=3.0):
@@ -62,7 +78,7 @@ def load_npz(path):
 def cifar_datasets(train, test, batch_size, seed):
     """tf.data pipelines with the CIFAR augmentation: 4-pixel zero padding,
     random 32x32 crop, horizontal flip; per-channel standardisation."""
-    import tensorflow as tf
+    tf = require("tensorflow")
 
     (x_train, y_train), (x_test, y_test) = train, test
     mean = x_train.reshape(-1, 3).mean(axis=0) / 255.0
@@ -140,7 +156,8 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
     model.save(os.path.join(args.out, "model.keras"))
     print("Exporting the sparse TFLite file ...", flush=True)
     tflite = keras_dstee.export_tflite(model, os.path.join(args.out, "model.tflite"))
-    plot_curves(history.history, os.path.join(args.out, "curves.png"))
+    target = args.sparsity if sparse else 0.0
+    plot_curves(history.history, os.path.join(args.out, "curves.png"), f"{model.name}: {args.method}, sparsity {target:g}", target)
     results = {
         "backend": keras.backend.backend(),
         "method": args.method,
@@ -160,12 +177,12 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
     return results
 
 
-def plot_curves(history, path):
-    """Accuracy, sparsity and coverage against epochs, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_curves(history, path, title, target):
+    """Accuracy, sparsity and coverage against epochs, in one PNG; `target`
+    (the sparsity asked for) is marked on the sparsity axis."""
+    require("matplotlib").use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = np.arange(1, len(history["loss"]) + 1)
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -174,13 +191,21 @@ def plot_curves(history, path):
             axes[0].plot(epochs, history[key], marker="o", label=label)
     axes[0].set_title("accuracy")
     axes[0].legend()
-    axes[1].plot(epochs, history["sparsity"], marker="o")
+    axes[1].plot(epochs, history["sparsity"], marker="o", label="sparsity (masks)")
+    if "zero_fraction" in history:
+        axes[1].plot(epochs, history["zero_fraction"], marker=".", linestyle=":", label="zero weights")
+    axes[1].axhline(target, color="gray", linestyle="--", label=f"target {target:g}")
+    axes[1].set_ylim(0, 1.02)
     axes[1].set_title("sparsity")
+    axes[1].legend(loc="lower right")
     axes[2].plot(epochs, history["coverage"], marker="o")
+    axes[2].set_ylim(0, 1.02)
     axes[2].set_title("coverage (positions ever active)")
     for axis in axes:
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -75,7 +75,7 @@ def main():
     stats = callback.optimizer.sparsity_stats()
     print(f"\nDense test accuracy:          {dense_accuracy:.4f}")
     print(f"DST-EE test accuracy:         {sparse_accuracy:.4f}")
-    print(f"Actual sparsity (kernels):    {report['total']['sparsity']:.4f}")
+    print(f"Sparsity (masks):             {report['total']['sparsity']:.4f}")
     print(f"Final coverage:               {stats['coverage']:.4f}")
     print(f"Wall time:                    {time.time() - start:.1f} s")
 

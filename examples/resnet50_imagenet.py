@@ -22,6 +22,7 @@ import os
 
 import keras
 from common import parser
+from common import require
 from common import train_and_report
 
 MEAN = (0.485, 0.456, 0.406)
@@ -66,7 +67,8 @@ def folder_datasets(root, size, batch_size, seed):
 
 def tfds_datasets(size, batch_size, seed):
     import tensorflow as tf
-    import tensorflow_datasets as tfds
+
+    tfds = require("tensorflow_datasets")
 
     try:
         (train, val), info = tfds.load(
@@ -105,15 +107,17 @@ def main():
         "epochs": 100,
         "batch_size": 256,
         "lr": None,
+        "lr_help": "peak learning rate (default: 0.1 per 256 images of the batch)",
         "out": os.path.join("runs", "imagenet"),
         "data_help": "a folder of class folders, or with train/ and val/ inside",
     }
     p = parser(__doc__.splitlines()[0], defaults)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=224, help="training crop size")
     args = p.parse_args()
     keras.utils.set_random_seed(args.seed)
     if args.smoke:
         args.epochs, args.batch_size, args.image_size, args.update_freq = 2, 4, 32, 1
+        args.width = min(args.width, 0.125)
     if args.data:
         (train, val), num_classes = folder_datasets(args.data, args.image_size, args.batch_size, args.seed)
     else:
@@ -129,7 +133,7 @@ def main():
     val = val.map(lambda x, y: (x, _one_hot(y, num_classes)))
     from keras_dstee import models
 
-    model = models.resnet50_imagenet(num_classes, input_shape=(args.image_size, args.image_size, 3))
+    model = models.resnet50_imagenet(num_classes, input_shape=(args.image_size, args.image_size, 3), width=args.width)
     train_and_report(model, args, train, val, optimizer, loss, None)
 
 

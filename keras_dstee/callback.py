@@ -1,26 +1,18 @@
 """The callbacks users pass to `fit`: `DSTEE` and the baselines."""
 
 import contextlib
-import numbers
+import math
+import sys
 import warnings
 
 import keras
 
+from keras_dstee import arguments
 from keras_dstee.distributions import DISTRIBUTIONS
+from keras_dstee.distributions import active_count
 from keras_dstee.distributions import layer_densities
 from keras_dstee.optimizer import SparseOptimizer
 from keras_dstee.optimizer import find_sparse_optimizer
-
-
-def _check_fraction(name, value, low, high, low_open, high_open):
-    valid = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if valid:
-        valid = (value > low if low_open else value >= low) and (
-            value < high if high_open else value <= high
-        )
-    if not valid:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"`{name}` must be a number in {interval}. Received: {name}={value!r}")
 
 
 def _check_distribution(model):
@@ -60,13 +52,18 @@ class SparseTraining(keras.callbacks.Callback):
 
     At the start of `fit` it wraps the model's optimizer in a
     `SparseOptimizer`, which masks the prunable kernels and updates the masks
-    inside the compiled train step. At each epoch end it adds `sparsity`,
-    `coverage` and `drop_fraction` to the logs (progress bar, `History`,
-    `CSVLogger`). A later `fit` on the same model continues from the existing
-    masks, counters and step.
+    inside the compiled train step, and moves itself to the front of the
+    callback list, so that every logger (`History`, `CSVLogger`,
+    `TensorBoard`, `ModelCheckpoint`'s `monitor`) sees the metrics it adds at
+    each epoch end: `sparsity`, `zero_fraction`, `coverage` and
+    `drop_fraction`. A later `fit` on the same model continues from the
+    existing masks, counters and step, with the settings the model already
+    trains with (a callback asking for others gets a warning naming both).
     """
 
     method = None
+    # The keyword arguments this method passes on to `SparseOptimizer`.
+    method_arguments = ()
 
     def __init__(
         self,
@@ -75,6 +72,7 @@ class SparseTraining(keras.callbacks.Callback):
         update_freq=100,
         drop_fraction=0.3,
         end=0.75,
+        end_step=None,
         rescale=True,
         seed=None,
         exclude=None,
@@ -84,37 +82,45 @@ class SparseTraining(keras.callbacks.Callback):
         **method_args,
     ):
         super().__init__()
-        _check_fraction("sparsity", sparsity, 0, 1, False, True)
-        if not isinstance(distribution, dict) and distribution not in DISTRIBUTIONS:
+        self.sparsity = arguments.number("sparsity", sparsity, 0, 1, high_open=True)
+        if isinstance(distribution, dict):
+            distribution = arguments.sparsity_map(distribution)
+        elif not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
             raise ValueError(
                 f"Unknown `distribution={distribution!r}`. Expected one of "
                 f"{DISTRIBUTIONS}, or a dict of layer name/regex to sparsity."
             )
-        if isinstance(update_freq, bool) or not isinstance(update_freq, numbers.Integral) or update_freq < 1:
-            raise ValueError(
-                "`update_freq` must be an integer >= 1 (optimizer steps "
-                f"between mask updates). Received: update_freq={update_freq!r}"
-            )
-        _check_fraction("drop_fraction", drop_fraction, 0, 1, False, False)
-        _check_fraction("end", end, 0, 1, True, False)
-        self.sparsity = float(sparsity)
         self.distribution = distribution
-        self.update_freq = int(update_freq)
-        self.drop_fraction = float(drop_fraction)
-        self.end = float(end)
-        self.rescale = rescale
-        self.seed = seed
-        self.exclude = exclude
-        self.include_embeddings = include_embeddings
-        self.dense_first = dense_first
-        self.dense_last = dense_last
+        self.update_freq = arguments.integer(
+            "update_freq", update_freq, 1, " (optimizer steps between mask updates)"
+        )
+        self.drop_fraction = arguments.number("drop_fraction", drop_fraction, 0, 1)
+        self.end = arguments.number("end", end, 0, 1, low_open=True)
+        self.end_step = arguments.optional_integer(
+            "end_step", end_step, 1, " (optimizer steps) or None"
+        )
+        self.rescale = arguments.boolean("rescale", rescale)
+        self.seed = arguments.seed(seed)
+        self.exclude = arguments.layer_patterns("exclude", exclude)
+        self.include_embeddings = arguments.boolean("include_embeddings", include_embeddings)
+        self.dense_first = arguments.boolean("dense_first", dense_first)
+        self.dense_last = arguments.boolean("dense_last", dense_last)
+        unknown = sorted(set(method_args) - set(self.method_arguments))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} does not take `{'`, `'.join(unknown)}`."
+                + (f" Its method arguments: {self.method_arguments}." if self.method_arguments else "")
+            )
         self.method_args = method_args
         self.optimizer = None
         self._model_id = None
+        self._schedule_length = None
         self._schedule_pending = False
         self._skipped_updates = 0
 
     def on_train_begin(self, logs=None):
+        # Keras calls this from its `CallbackList`, which is `self` there.
+        self._move_to_front(sys._getframe(1).f_locals.get("self"))
         model = self.model
         if self._model_id not in (None, id(model)):
             raise ValueError(
@@ -128,30 +134,90 @@ class SparseTraining(keras.callbacks.Callback):
                 f"training with {type(self).__name__}: call `model.compile(...)`."
             )
         _check_distribution(model)
+        self._schedule_length = self._planned_steps()
         existing = find_sparse_optimizer(optimizer)
         if existing is not None:
             # A second `fit`, or a model loaded with its sparse state.
-            self._warn_if_settings_differ(existing)
+            if not existing.built:
+                existing.build(model.trainable_variables)
+            self._warn_if_settings_differ(model, existing)
+            if self._schedule_length is None and not _schedule_is_over(existing):
+                raise ValueError(self._unknown_length_message())
             self.optimizer = existing
         else:
+            if self._schedule_length is None:
+                raise ValueError(self._unknown_length_message())
             self.optimizer = self._wrap(model, optimizer)
         self._model_id = id(model)
         self._schedule_pending = True
         self._skipped_updates = int(keras.ops.convert_to_numpy(self.optimizer.skipped_updates))
 
-    def _warn_if_settings_differ(self, existing):
-        """A model already training sparse keeps its masks and settings."""
-        wanted = dict(method=self.method, update_freq=self.update_freq, drop_fraction=self.drop_fraction)
-        wanted.update(self.method_args)
-        if self.method == "static":
-            wanted = {"method": "static"}
-        differ = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
+    def _move_to_front(self, callback_list):
+        """Puts this callback first, so the loggers listed before it still
+        get its metrics. A new list: Keras is iterating over the old one."""
+        if isinstance(callback_list, keras.callbacks.CallbackList):
+            others = [c for c in callback_list.callbacks if c is not self]
+            if len(others) < len(callback_list.callbacks):
+                callback_list.callbacks = [self] + others
+
+    def _planned_steps(self):
+        """Optimizer steps of this `fit` until the masks stay fixed; None
+        when `fit` can't tell how long it runs and `end_step` is not given."""
+        if self.end_step is not None:
+            return self.end_step
+        steps = self.params.get("steps")
+        if not steps:
+            return None
+        return max(1, round(self.end * steps * self.params["epochs"]))
+
+    def _unknown_length_message(self):
+        return (
+            f"{type(self).__name__} cannot plan when its mask updates end: "
+            "`fit` does not know how many steps this data gives (a generator "
+            "or a `tf.data` pipeline without cardinality). Pass `end_step=` "
+            f"(the optimizer steps after which masks stay fixed) to "
+            f"{type(self).__name__}, or `steps_per_epoch` to `fit`."
+        )
+
+    def _densities(self, model):
+        return layer_densities(
+            model,
+            self.sparsity,
+            self.distribution,
+            exclude=self.exclude,
+            include_embeddings=self.include_embeddings,
+            dense_first=self.dense_first,
+            dense_last=self.dense_last,
+        )
+
+    def _warn_if_settings_differ(self, model, existing):
+        """A model already training sparse keeps its masks and settings; the
+        user hears about every setting of this callback that is not used."""
+        wanted = dict(method=self.method)
+        if self.method != "static":
+            wanted.update(update_freq=self.update_freq, drop_fraction=self.drop_fraction)
+            wanted.update(self.method_args)
+        if self.seed is not None:
+            wanted["seed"] = self.seed
+        differ = [
+            f"{k}={getattr(existing, k)!r} (asked: {v!r})"
+            for k, v in wanted.items()
+            if getattr(existing, k) != v
+        ]
+        densities = self._densities(model)
+        asked = {id(v): active_count(v.shape, densities[v.path]) for v in model.trainable_variables if v.path in densities}
+        kept = {id(v): count for v, count in existing.budget}
+        if asked != kept:
+            differ.append(
+                f"budget {_budget_text(existing.budget)} (asked: "
+                f"{_budget_text([(v, asked[id(v)]) for v in model.trainable_variables if id(v) in asked])} "
+                f"from sparsity={self.sparsity}, distribution={self.distribution!r})"
+            )
         if differ:
-            kept = ", ".join(f"{k}={getattr(existing, k)!r}" for k in differ)
             warnings.warn(
-                f"The model already trains sparse ({kept}); {type(self).__name__} "
-                "continues with those settings and its masks, not "
-                f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}.",
+                f"The model already trains sparse, so {type(self).__name__} "
+                f"continues with its masks and settings: {'; '.join(differ)}. "
+                "To train with other settings, start from a new model.",
                 stacklevel=3,
             )
 
@@ -162,15 +228,7 @@ class SparseTraining(keras.callbacks.Callback):
         loss_scale = None
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             loss_scale, optimizer = optimizer, optimizer.inner_optimizer
-        densities = layer_densities(
-            model,
-            self.sparsity,
-            self.distribution,
-            exclude=self.exclude,
-            include_embeddings=self.include_embeddings,
-            dense_first=self.dense_first,
-            dense_last=self.dense_last,
-        )
+        densities = self._densities(model)
         # Under `tf.distribute`, the wrapper's variables are mirrored like the
         # model's: create them in the model's strategy scope.
         strategy = getattr(model, "distribute_strategy", None)
@@ -181,7 +239,7 @@ class SparseTraining(keras.callbacks.Callback):
                 method=self.method,
                 update_freq=self.update_freq,
                 drop_fraction=self.drop_fraction,
-                end_step=self._total_steps(),
+                end_step=self._schedule_length,
                 rescale=self.rescale,
                 seed=self.seed,
                 **self.method_args,
@@ -201,26 +259,20 @@ class SparseTraining(keras.callbacks.Callback):
         model.make_train_function(force=True)
         return wrapper
 
-    def _total_steps(self):
-        steps = self.params.get("steps")
-        if not steps:
-            raise ValueError(
-                f"{type(self).__name__} needs the number of steps per epoch to "
-                "plan its schedule, and `fit` could not infer it from the "
-                "data. Pass `steps_per_epoch` to `fit`."
-            )
-        return steps * self.params["epochs"]
-
     def on_epoch_begin(self, epoch, logs=None):
         if not self._schedule_pending:
             return
-        # The schedule spans this `fit`: `epochs` epochs counted from epoch 0,
-        # so a run resumed with `initial_epoch` keeps its original schedule.
         self._schedule_pending = False
-        steps = self.params["steps"]
+        steps = self.params.get("steps")
+        if self._schedule_length is None or (epoch > 0 and not steps):
+            # Data of unknown length: the model's own schedule goes on (it
+            # has ended, or this resumes it at `initial_epoch`).
+            return
+        # The schedule spans this `fit` counted from epoch 0, so a run
+        # resumed with `initial_epoch` keeps its original schedule.
         step = int(keras.ops.convert_to_numpy(self.optimizer.step))
-        start = step - epoch * steps
-        end = start + max(1, round(self.end * self._total_steps()))
+        start = step - epoch * (steps or 0)
+        end = start + self._schedule_length
         self.optimizer.start_step.assign(start)
         self.optimizer.end_step_variable.assign(end)
         self.optimizer.end_step = end
@@ -240,6 +292,17 @@ class SparseTraining(keras.callbacks.Callback):
             )
         self._skipped_updates = skipped
         logs.update(stats)
+
+
+def _schedule_is_over(optimizer):
+    step = int(keras.ops.convert_to_numpy(optimizer.step))
+    return step >= int(keras.ops.convert_to_numpy(optimizer.end_step_variable))
+
+
+def _budget_text(budget):
+    size = sum(math.prod(v.shape) for v, _ in budget)
+    active = sum(count for _, count in budget)
+    return f"sparsity {1 - active / size:.4f} over {len(budget)} kernels"
 
 
 class DSTEE(SparseTraining):
@@ -268,6 +331,9 @@ class DSTEE(SparseTraining):
             first update; decays to 0 by `end` (cosine).
         end: fraction of the training steps of `fit` after which the masks
             stay fixed, in (0, 1].
+        end_step: optimizer steps of `fit` after which the masks stay fixed,
+            instead of `end`; for data whose length `fit` cannot know
+            (generators, `tf.data` without cardinality).
         exploration: weight `c` of the exploration bonus. 0 is RigL.
         epsilon: keeps the bonus finite for positions never active.
         normalize_gradients: divide |g| by its per-layer mean, so that
@@ -276,14 +342,16 @@ class DSTEE(SparseTraining):
         rescale: multiply the kept initial weights by `1 / sqrt(density)`, so
             the sparse network starts with the variance of the dense one.
         seed: int seeding the initial masks; `None` picks one at random.
-        exclude: layer names, regular expressions (matched against whole
-            layer names) or layer classes whose weights stay dense.
+        exclude: a layer name, regular expression (matched against whole
+            layer names) or layer class whose weights stay dense, or a list
+            of them.
         include_embeddings: whether `Embedding` tables are pruned too.
         dense_first: keep the first prunable layer (the stem) dense.
         dense_last: keep the last prunable layer (the classifier) dense.
     """
 
     method = "dstee"
+    method_arguments = ("exploration", "epsilon", "normalize_gradients")
 
     def __init__(
         self,
@@ -292,6 +360,7 @@ class DSTEE(SparseTraining):
         update_freq=100,
         drop_fraction=0.3,
         end=0.75,
+        end_step=None,
         exploration=1.0,
         epsilon=1.0,
         normalize_gradients=True,
@@ -302,23 +371,24 @@ class DSTEE(SparseTraining):
         dense_first=False,
         dense_last=False,
     ):
-        _check_fraction("exploration", exploration, 0, float("inf"), False, True)
-        _check_fraction("epsilon", epsilon, 0, float("inf"), False, True)
+        exploration = arguments.number("exploration", exploration, 0, math.inf, high_open=True)
+        epsilon = arguments.number("epsilon", epsilon, 0, math.inf, high_open=True)
         super().__init__(
             sparsity=sparsity,
             distribution=distribution,
             update_freq=update_freq,
             drop_fraction=drop_fraction,
             end=end,
+            end_step=end_step,
             rescale=rescale,
             seed=seed,
             exclude=exclude,
             include_embeddings=include_embeddings,
             dense_first=dense_first,
             dense_last=dense_last,
-            exploration=float(exploration),
-            epsilon=float(epsilon),
-            normalize_gradients=bool(normalize_gradients),
+            exploration=exploration,
+            epsilon=epsilon,
+            normalize_gradients=arguments.boolean("normalize_gradients", normalize_gradients),
         )
 
 

@@ -2,6 +2,8 @@
 
 import math
 
+from keras_dstee import arguments
+
 DISTRIBUTIONS = ("erk", "er", "uniform")
 
 
@@ -121,14 +123,9 @@ def layer_densities(
 def _mapped_densities(model, pairs, sparsity_map):
     from keras_dstee import layers as layers_lib
 
+    sparsity_map = arguments.sparsity_map(sparsity_map)
     layers = list(model._flatten_layers(include_self=False, recursive=True))
-    layers_lib.check_patterns("distribution", list(sparsity_map), layers, allow_classes=False)
-    for pattern, value in sparsity_map.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(
-                f"The sparsity of {pattern!r} in `distribution` must be a "
-                f"number in [0, 1) (1 would remove the layer). Received: {value!r}"
-            )
+    layers_lib.check_patterns("distribution", list(sparsity_map), layers)
     densities = []
     for layer, _ in pairs:
         value = layers_lib.layer_sparsity(layer, sparsity_map)

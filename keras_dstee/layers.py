@@ -18,6 +18,8 @@ import re
 
 import keras
 
+from keras_dstee import arguments
+
 _KERNEL = ("kernel",)
 PRUNABLE_WEIGHTS = {
     keras.layers.Dense: _KERNEL,
@@ -64,13 +66,9 @@ def _matches(layer, pattern):
     return re.fullmatch(pattern, layer.name) is not None
 
 
-def check_patterns(argument, patterns, layers, allow_classes=True):
-    """Raises unless every pattern is a name/regex (or class) matching a layer."""
-    kinds = (str, type) if allow_classes else (str,)
+def check_patterns(argument, patterns, layers):
+    """Raises unless every pattern (name, regex or class) matches a layer."""
     for pattern in patterns:
-        if not isinstance(pattern, kinds):
-            what = "layer names, regular expressions or layer classes" if allow_classes else "layer names or regular expressions"
-            raise ValueError(f"`{argument}` takes {what}. Received: {pattern!r}")
         if not any(_matches(layer, pattern) for layer in layers):
             names = sorted(layer.name for layer in layers)
             raise ValueError(
@@ -90,7 +88,7 @@ def prunable_layer_variables(model, include_embeddings=False, exclude=None):
         exclude: layer names, regular expressions matched against whole layer
             names, or layer classes, whose weights stay dense.
     """
-    exclude = list(exclude or [])
+    exclude = arguments.layer_patterns("exclude", exclude)
     layers = list(model._flatten_layers(include_self=False, recursive=True))
     check_patterns("exclude", exclude, layers)
     owner = {}

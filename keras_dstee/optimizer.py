@@ -2,12 +2,14 @@
 
 import inspect
 import math
+import numbers
 
 import keras
 import numpy as np
 from keras import ops
 from keras.src.utils import tracking
 
+from keras_dstee import arguments
 from keras_dstee import updates
 from keras_dstee.constraints import MaskConstraint
 from keras_dstee.constraints import masked
@@ -46,6 +48,13 @@ def _multi_replica_context():
     if context is None or context.num_replicas_in_sync == 1:
         return None
     return context
+
+
+def _is_traced(value):
+    """Whether a JAX value is abstract (inside `jax.jit` or a `cond`)."""
+    import jax
+
+    return isinstance(value, jax.core.Tracer)
 
 
 def find_sparse_optimizer(optimizer):
@@ -178,25 +187,43 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             )
         self.inner_optimizer = inner_optimizer
         if isinstance(densities, dict):
-            self.densities = {str(k): float(v) for k, v in densities.items()}
+            self.densities = {str(k): v for k, v in densities.items()}
             named = self.densities.items()
-        else:
-            self.densities = [float(v) for v in densities]
+        elif isinstance(densities, (list, tuple)):
+            self.densities = list(densities)
             named = enumerate(self.densities)
+        else:
+            raise ValueError(
+                "`densities` must be a dict {variable.path: density} (as "
+                "`keras_dstee.layer_densities` returns) or a list with one "
+                f"density (or None) per trainable variable. Received: {densities!r}"
+            )
         for key, density in named:
-            if not 0 < density <= 1:
+            valid = density is None or (
+                isinstance(density, numbers.Real)
+                and not isinstance(density, bool)
+                and 0 < density <= 1
+            )
+            if not valid:
                 raise ValueError(
-                    f"The density of {key!r} must be in (0, 1]. "
-                    f"Received: {density}"
+                    f"The density of {key!r} in `densities` must be a number "
+                    f"in (0, 1], or None. Received: {density!r}"
                 )
         self.method = method
-        self.update_freq = int(update_freq)
-        self.drop_fraction = float(drop_fraction)
-        self.end_step = end_step
-        self.exploration = float(exploration)
-        self.epsilon = float(epsilon)
-        self.normalize_gradients = bool(normalize_gradients)
-        self.rescale = bool(rescale)
+        self.update_freq = arguments.integer(
+            "update_freq", update_freq, 1, " (optimizer steps between mask updates)"
+        )
+        self.drop_fraction = arguments.number("drop_fraction", drop_fraction, 0, 1)
+        self.end_step = arguments.optional_integer("end_step", end_step, 1)
+        self.exploration = arguments.number(
+            "exploration", exploration, 0, math.inf, high_open=True
+        )
+        self.epsilon = arguments.number("epsilon", epsilon, 0, math.inf, high_open=True)
+        self.normalize_gradients = arguments.boolean(
+            "normalize_gradients", normalize_gradients
+        )
+        self.rescale = arguments.boolean("rescale", rescale)
+        seed = arguments.seed(seed)
         self.seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
 
     # --- state ---------------------------------------------------------------
@@ -229,22 +256,33 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         # Until `install()` runs eagerly, the step itself checks `installed`.
         self._install_pending = True
         self.kernels = []
+        # The kernels `densities` covers, the dense ones too: what the logged
+        # `sparsity` is measured over, as `layer_densities` planned it.
+        self.budget = []
         for index, (variable, density) in enumerate(zip(var_list, self.densities)):
-            active = active_count(variable.shape, density)
-            if active == math.prod(variable.shape):
+            if density is None:
                 continue
-            self.kernels.append(self._add_kernel(index, variable, active))
+            active = active_count(variable.shape, density)
+            self.budget.append((variable, active))
+            if active < math.prod(variable.shape):
+                self.kernels.append(self._add_kernel(index, variable, active))
 
     def _densities_by_position(self, var_list):
-        """One density per trainable variable. Saved in this form: variable
-        paths can change when a model is loaded, positions don't."""
+        """One density per trainable variable, None for those outside the
+        budget. Saved in this form: variable paths can change when a model is
+        loaded, positions don't."""
         if isinstance(self.densities, list):
             if len(self.densities) != len(var_list):
                 raise ValueError(
                     f"`densities` has {len(self.densities)} entries but the "
                     f"model trains {len(var_list)} variables."
                 )
-            return self.densities
+            # Files from 0.1 list 1.0 for every variable outside the budget;
+            # biases and other 1-D weights are never part of it.
+            return [
+                None if d is None or (d == 1 and len(v.shape) < 2) else float(d)
+                for v, d in zip(var_list, self.densities)
+            ]
         paths = [v.path for v in var_list]
         unknown = sorted(set(self.densities) - set(paths))
         if unknown:
@@ -252,7 +290,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 f"`densities` names variables the model does not train: "
                 f"{unknown}. Trainable variables: {sorted(paths)}"
             )
-        return [self.densities.get(path, 1.0) for path in paths]
+        return [
+            None if self.densities.get(p) is None else float(self.densities[p])
+            for p in paths
+        ]
 
     def _scalar(self, name, value):
         # Under `tf.distribute`, every replica holds the same counters: an
@@ -387,27 +428,29 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
             context.merge_call(cross_replica, args=(grads,))
             return
-        if keras.backend.backend() == "jax":
+        def compute_and_assign():
+            for target, value in zip(targets, compute(*grads)):
+                target.assign(value)
+
+        backend = keras.backend.backend()
+        condition = predicate()
+        if backend == "torch" or (backend == "jax" and not _is_traced(condition)):
+            # A plain `if`: `ops.cond` is one on torch anyway, and under
+            # torch.compile each call names a new op and forces a recompile;
+            # an eager JAX step (a custom loop outside `jax.jit`) would
+            # compile both branches on every call.
+            if bool(condition):
+                compute_and_assign()
+        elif backend == "jax":
             values = ops.cond(
-                predicate(),
+                condition,
                 lambda: compute(*grads),
                 lambda: [ops.convert_to_tensor(t) for t in targets],
             )
             for target, value in zip(targets, values):
                 target.assign(value)
-            return
-
-        def compute_and_assign():
-            for target, value in zip(targets, compute(*grads)):
-                target.assign(value)
-
-        if keras.backend.backend() == "torch":
-            # `ops.cond` is a Python `if` on torch anyway, and under
-            # torch.compile each call names a new op and forces a recompile.
-            if bool(predicate()):
-                compute_and_assign()
-            return
-        ops.cond(predicate(), compute_and_assign, lambda: None)
+        else:
+            ops.cond(condition, compute_and_assign, lambda: None)
 
     @staticmethod
     def _cross_replica_cond_assign(strategy, predicate, compute, targets, grads):
@@ -528,24 +571,34 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     # --- metrics -------------------------------------------------------------
 
     def sparsity_stats(self):
-        """Current `sparsity`, `coverage` and `drop_fraction`, as Python floats.
+        """Current `sparsity`, `zero_fraction`, `coverage` and `drop_fraction`,
+        as Python floats.
 
-        `sparsity` is the fraction of exact zeros over all sparse kernels,
-        `coverage` the fraction of their positions ever active, and
-        `drop_fraction` the fraction the next mask update would replace;
+        All are measured over the kernels of the budget (those `densities`
+        lists, kernels kept dense by ERK included), the ones the callbacks'
+        `sparsity=` refers to. `sparsity` is the fraction of positions outside
+        the masks: what was asked for. `zero_fraction` counts exact zeros, so
+        it is a little higher right after a mask update (grown weights start
+        at 0). `coverage` is the fraction of positions ever active,
+        `drop_fraction` the fraction the next mask update would replace, and
         `skipped_updates` counts mask updates skipped for a non-finite
-        gradient.
-        Reads variable values: on JAX, call it through the model (a callback's
-        `self.model`) so the values are in sync.
+        gradient. Reads variable values: on JAX, call it through the model (a
+        callback's `self.model`) so the values are in sync.
         """
-        size = zeros = ever_active = 0
-        for k in self.kernels:
-            weight = ops.convert_to_numpy(k["variable"])
-            mask = ops.convert_to_numpy(k["mask"])
-            counter = ops.convert_to_numpy(k["counter"])
+        size = active = zeros = ever_active = 0
+        masks = {id(k["variable"]): k for k in self.kernels}
+        for variable, count in self.budget:
+            weight = ops.convert_to_numpy(variable)
             size += weight.size
+            active += count
             zeros += int(np.sum(weight == 0))
-            ever_active += int(np.sum((mask > 0) | (counter > 0)))
+            kernel = masks.get(id(variable))
+            if kernel is None:
+                ever_active += weight.size
+            else:
+                mask = ops.convert_to_numpy(kernel["mask"])
+                counter = ops.convert_to_numpy(kernel["counter"])
+                ever_active += int(np.sum((mask > 0) | (counter > 0)))
         step = int(ops.convert_to_numpy(self.step))
         fraction = updates.drop_fraction_at(
             step + 1,
@@ -555,7 +608,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         )
         return {
             "skipped_updates": int(ops.convert_to_numpy(self.skipped_updates)),
-            "sparsity": zeros / size if size else 0.0,
+            "sparsity": 1.0 - active / size if size else 0.0,
+            "zero_fraction": zeros / size if size else 0.0,
             "coverage": ever_active / size if size else 0.0,
             "drop_fraction": float(ops.convert_to_numpy(fraction))
             if self.method != "static"

@@ -103,7 +103,9 @@ def summary(model, input_shape=None, print_fn=None):
         `path`, `shape`, `size`, `active` (positions allowed nonzero),
         `density`, `nonzeros`, `flops_dense` and `flops_sparse`; `total` sums
         `size`, `active`, `nonzeros` and both FLOPs, with the overall
-        `density` and `sparsity`.
+        `density`, `sparsity` (`1 - density`: positions outside the masks,
+        the figure the callbacks log) and `zero_fraction` (exact zeros, a
+        little higher right after a mask update: grown weights start at 0).
     """
     print_fn = print_fn or print
     optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))
@@ -140,8 +142,12 @@ def summary(model, input_shape=None, print_fn=None):
                 }
             )
     total = {key: sum(r[key] for r in rows) for key in ("size", "active", "nonzeros", "flops_dense", "flops_sparse")}
-    total["density"] = total["active"] / total["size"] if total["size"] else 0.0
-    total["sparsity"] = 1.0 - total["nonzeros"] / total["size"] if total["size"] else 0.0
+    size = total["size"] or 1
+    total["density"] = total["active"] / size
+    # The masks' sparsity, as the callbacks log it; exact zeros apart (a
+    # weight grown at the last mask update may still read 0).
+    total["sparsity"] = 1.0 - total["active"] / size
+    total["zero_fraction"] = 1.0 - total["nonzeros"] / size
     _print_table(model, rows, total, print_fn)
     return {"kernels": rows, "total": total}
 
@@ -179,4 +185,7 @@ def _print_table(model, rows, total, print_fn):
     print_fn(rule)
     print_fn(line(footer))
     flops_ratio = total["flops_sparse"] / total["flops_dense"] if total["flops_dense"] else 0.0
-    print_fn(f"Sparsity {total['sparsity']:.4f}; inference FLOPs {flops_ratio:.4f}x dense")
+    print_fn(
+        f"Sparsity {total['sparsity']:.4f} (masks), zero weights "
+        f"{total['zero_fraction']:.4f}; inference FLOPs {flops_ratio:.4f}x dense"
+    )

@@ -183,7 +183,7 @@ def test_second_fit_with_other_settings_warns_and_keeps_the_masks(data):
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[keras_dstee.DSTEE(update_freq=2, seed=1)])
     optimizer = model.optimizer
     before = masks(model)
-    with pytest.warns(UserWarning, match=r"continues with those settings.*update_freq=5"):
+    with pytest.warns(UserWarning, match=r"continues with its masks and settings.*update_freq=2 \(asked: 5\)"):
         model.fit(x, y, batch_size=32, epochs=2, steps_per_epoch=1, verbose=0,
                   callbacks=[keras_dstee.RigL(update_freq=5)], initial_epoch=1)
     assert model.optimizer is optimizer and optimizer.method == "dstee"
