@@ -12,8 +12,14 @@ import argparse
 import time
 
 import keras
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+
+try:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+except ImportError:
+    raise SystemExit(
+        'The quickstart reads scikit-learn\'s bundled digits: pip install "keras-dstee[examples]"'
+    ) from None
 
 import keras_dstee
 
@@ -53,10 +59,12 @@ def train(x_train, y_train, x_test, y_test, epochs, seed, callbacks=()):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--sparsity", type=float, default=0.9, help="DST-EE's global sparsity")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs of each model")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split, weights and masks")
     args = parser.parse_args()
 
     start = time.time()

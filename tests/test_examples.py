@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
 import pytest
+import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10 = os.path.join(ROOT, "..", "shared", "data", "cifar10.npz")
@@ -21,9 +23,13 @@ needs_data = pytest.mark.skipif(not os.path.isfile(CIFAR10), reason="../shared/d
 def _run(script, args, out):
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
     command = [sys.executable, os.path.join(ROOT, "examples", script), "--smoke", "--out", str(out), *args]
+    start = time.time()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    print(f"{script} --smoke on {keras.backend.backend()}: {time.time() - start:.1f} s")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert OUTPUTS <= set(os.listdir(out))
+    # The smoke run builds the same architecture at width 1/8: a few MB.
+    assert os.path.getsize(os.path.join(out, "model.keras")) < 8e6
     with open(os.path.join(out, "results.json")) as f:
         return json.load(f)
 
@@ -57,3 +63,30 @@ def test_offline_without_data_fails_fast(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "examples", "resnet50_imagenet.py"), "--data", str(tmp_path / "nope")]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0 and "no such folder" in result.stderr
+
+
+@pytest.mark.parametrize("script", ["resnet50_cifar10.py", "vgg19_cifar100.py", "resnet50_imagenet.py", "quickstart.py"])
+def test_help_shows_the_defaults(script):
+    command = [sys.executable, os.path.join(ROOT, "examples", script), "--help"]
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert "(default: 0.9)" in result.stdout  # --sparsity
+    assert "(default: 0)" in result.stdout  # --seed
+
+
+def test_extras_install_what_the_examples_import():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert {"tensorflow-datasets", "importlib_resources", "tensorboard", "matplotlib"} <= set(extras["examples"])
+    assert any("examples" in requirement for requirement in extras["all"])
+    assert any("[all]" in requirement for requirement in extras["test"])
+
+
+def test_a_missing_package_names_its_extra():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(SystemExit, match=r"no_such_module.*keras-dstee\[examples\]"):
+        common.require("no_such_module")

@@ -1,0 +1,60 @@
+"""A `.keras` file written by release 0.1 (method as a string, DST-EE's
+settings on the optimizer config, densities by position with 1.0 for every
+dense variable) loads with its sparse state and resumes as 0.1 resumed it.
+The file and the 0.1 results come from `tests/data/make_v0_1_checkpoint.py`."""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+from helpers import assert_budget
+
+import keras_dstee
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "data"))
+import make_v0_1_checkpoint as v0_1  # noqa: E402
+
+sys.path.pop(0)
+
+BACKEND = keras.backend.backend()
+
+
+def test_a_0_1_checkpoint_loads_with_its_sparse_state():
+    model = keras.saving.load_model(v0_1.CHECKPOINT)
+    optimizer = model.optimizer
+    assert isinstance(optimizer, keras_dstee.SparseOptimizer)
+    assert optimizer.method == "dstee" and optimizer.exploration == 1.0
+    assert int(keras.ops.convert_to_numpy(optimizer.step)) == 8
+    # Only the kernels are in the budget, not the biases listed at 1.0.
+    assert [tuple(v.shape) for v, _ in optimizer.budget] == [(3, 3, 3, 8), (288, 16), (16, 5)]
+    assert_budget(model)
+
+
+def test_a_0_1_checkpoint_resumes_as_0_1_did():
+    expected = np.load(os.path.join(HERE, "data", f"v0_1_resumed_{BACKEND}.npz"))
+    model = keras.saving.load_model(v0_1.CHECKPOINT)
+    v0_1.fit(model, initial_epoch=2)
+    resumed = v0_1.state(model)
+    assert sorted(resumed) == sorted(expected.files)
+    for key in resumed:
+        if key.startswith("weight_"):
+            # Written on another machine: float kernels may round differently.
+            np.testing.assert_allclose(resumed[key], expected[key], rtol=0, atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
+    assert not np.array_equal(expected["mask_0"], _saved_mask(0)) or not np.array_equal(
+        expected["mask_1"], _saved_mask(1)
+    ), "the resumed run must update masks"
+
+
+def _saved_mask(index):
+    model = keras.saving.load_model(v0_1.CHECKPOINT)
+    return keras.ops.convert_to_numpy(model.optimizer.kernels[index]["mask"])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_names():
+    keras.backend.clear_session()
