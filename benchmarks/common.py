@@ -11,7 +11,8 @@ import keras_dstee
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10 = os.environ.get("CIFAR10", os.path.join(ROOT, "..", "shared", "data", "cifar10.npz"))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-METHODS = ("dense", "static", "set", "rigl", "dstee")
+# Dense first, then every registered method (registration order).
+METHODS = ("dense", *keras_dstee.methods.names())
 
 
 def load_cifar10(path=CIFAR10, train_size=None):
@@ -47,14 +48,10 @@ def small_cnn(num_classes=10):
 
 
 def make_callback(method, sparsity, seed, update_freq=100, **kwargs):
-    """The sparse-training callback for `method`, or None for dense."""
-    common = dict(sparsity=sparsity, seed=seed)
+    """The sparse-training callback for a registered `method`, or None for dense."""
     if method == "dense":
         return None
-    if method == "static":
-        return keras_dstee.Static(**common)
-    classes = {"set": keras_dstee.SET, "rigl": keras_dstee.RigL, "dstee": keras_dstee.DSTEE}
-    return classes[method](update_freq=update_freq, **common, **kwargs)
+    return keras_dstee.SparseTraining(method, sparsity=sparsity, seed=seed, update_freq=update_freq, **kwargs)
 
 
 def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, update_freq=100,

@@ -11,7 +11,7 @@ import numpy as np
 
 import keras_dstee
 
-METHODS = ("dstee", "rigl", "set", "static", "dense")
+METHODS = (*keras_dstee.methods.names(), "dense")
 
 
 def parser(description, defaults):
@@ -108,11 +108,9 @@ def cifar_datasets(train, test, batch_size, seed):
 def make_callback(args):
     if args.method == "dense":
         return None
-    common = dict(sparsity=args.sparsity, seed=args.seed)
-    if args.method == "static":
-        return keras_dstee.Static(**common)
-    classes = {"dstee": keras_dstee.DSTEE, "rigl": keras_dstee.RigL, "set": keras_dstee.SET}
-    return classes[args.method](update_freq=args.update_freq, **common)
+    return keras_dstee.SparseTraining(
+        args.method, sparsity=args.sparsity, seed=args.seed, update_freq=args.update_freq
+    )
 
 
 class SparsityLogger(keras.callbacks.Callback):

@@ -1,5 +1,6 @@
 """keras-dstee: dynamic sparse training (DST-EE, RigL, SET, static) for Keras 3."""
 
+from keras_dstee import methods
 from keras_dstee import models
 from keras_dstee.callback import DSTEE
 from keras_dstee.callback import SET
@@ -25,6 +26,7 @@ __all__ = [
     "export_saved_model",
     "export_tflite",
     "layer_densities",
+    "methods",
     "models",
     "strip",
     "summary",

@@ -8,6 +8,7 @@ import warnings
 import keras
 
 from keras_dstee import arguments
+from keras_dstee import methods
 from keras_dstee.distributions import DISTRIBUTIONS
 from keras_dstee.distributions import active_count
 from keras_dstee.distributions import layer_densities
@@ -47,8 +48,9 @@ def _check_distribution(model):
 
 
 class SparseTraining(keras.callbacks.Callback):
-    """Base of the sparse-training callbacks; use `DSTEE`, `RigL`, `SET` or
-    `Static`.
+    """Trains the model sparse with any method: `SparseTraining("rigl")`,
+    `SparseTraining(MyMethod(), sparsity=0.95)`. `DSTEE`, `RigL`, `SET` and
+    `Static` are this callback with their method.
 
     At the start of `fit` it wraps the model's optimizer in a
     `SparseOptimizer`, which masks the prunable kernels and updates the masks
@@ -59,14 +61,20 @@ class SparseTraining(keras.callbacks.Callback):
     `drop_fraction`. A later `fit` on the same model continues from the
     existing masks, counters and step, with the settings the model already
     trains with (a callback asking for others gets a warning naming both).
-    """
 
-    method = None
-    # The keyword arguments this method passes on to `SparseOptimizer`.
-    method_arguments = ()
+    Args:
+        method: a name from `keras_dstee.methods.names()` or a
+            `keras_dstee.methods.Method` (instance or subclass).
+        **method_settings: the method's own settings when `method` is a name
+            or a class, e.g. `exploration=2.0` for `"dstee"`.
+        sparsity, distribution, update_freq, drop_fraction, end, end_step,
+        rescale, seed, exclude, include_embeddings, dense_first, dense_last:
+            as for `DSTEE`.
+    """
 
     def __init__(
         self,
+        method="dstee",
         sparsity=0.9,
         distribution="erk",
         update_freq=100,
@@ -79,9 +87,10 @@ class SparseTraining(keras.callbacks.Callback):
         include_embeddings=False,
         dense_first=False,
         dense_last=False,
-        **method_args,
+        **method_settings,
     ):
         super().__init__()
+        self.method = methods.get(method, **method_settings)
         self.sparsity = arguments.number("sparsity", sparsity, 0, 1, high_open=True)
         if isinstance(distribution, dict):
             distribution = arguments.sparsity_map(distribution)
@@ -105,13 +114,6 @@ class SparseTraining(keras.callbacks.Callback):
         self.include_embeddings = arguments.boolean("include_embeddings", include_embeddings)
         self.dense_first = arguments.boolean("dense_first", dense_first)
         self.dense_last = arguments.boolean("dense_last", dense_last)
-        unknown = sorted(set(method_args) - set(self.method_arguments))
-        if unknown:
-            raise ValueError(
-                f"{type(self).__name__} does not take `{'`, `'.join(unknown)}`."
-                + (f" Its method arguments: {self.method_arguments}." if self.method_arguments else "")
-            )
-        self.method_args = method_args
         self.optimizer = None
         self._model_id = None
         self._schedule_length = None
@@ -194,9 +196,8 @@ class SparseTraining(keras.callbacks.Callback):
         """A model already training sparse keeps its masks and settings; the
         user hears about every setting of this callback that is not used."""
         wanted = dict(method=self.method)
-        if self.method != "static":
+        if self.method.updates_masks:
             wanted.update(update_freq=self.update_freq, drop_fraction=self.drop_fraction)
-            wanted.update(self.method_args)
         if self.seed is not None:
             wanted["seed"] = self.seed
         differ = [
@@ -242,7 +243,6 @@ class SparseTraining(keras.callbacks.Callback):
                 end_step=self._schedule_length,
                 rescale=self.rescale,
                 seed=self.seed,
-                **self.method_args,
             )
             wrapper.build(model.trainable_variables)
             wrapper.install()
@@ -350,46 +350,8 @@ class DSTEE(SparseTraining):
         dense_last: keep the last prunable layer (the classifier) dense.
     """
 
-    method = "dstee"
-    method_arguments = ("exploration", "epsilon", "normalize_gradients")
-
-    def __init__(
-        self,
-        sparsity=0.9,
-        distribution="erk",
-        update_freq=100,
-        drop_fraction=0.3,
-        end=0.75,
-        end_step=None,
-        exploration=1.0,
-        epsilon=1.0,
-        normalize_gradients=True,
-        rescale=True,
-        seed=None,
-        exclude=None,
-        include_embeddings=False,
-        dense_first=False,
-        dense_last=False,
-    ):
-        exploration = arguments.number("exploration", exploration, 0, math.inf, high_open=True)
-        epsilon = arguments.number("epsilon", epsilon, 0, math.inf, high_open=True)
-        super().__init__(
-            sparsity=sparsity,
-            distribution=distribution,
-            update_freq=update_freq,
-            drop_fraction=drop_fraction,
-            end=end,
-            end_step=end_step,
-            rescale=rescale,
-            seed=seed,
-            exclude=exclude,
-            include_embeddings=include_embeddings,
-            dense_first=dense_first,
-            dense_last=dense_last,
-            exploration=exploration,
-            epsilon=epsilon,
-            normalize_gradients=arguments.boolean("normalize_gradients", normalize_gradients),
-        )
+    def __init__(self, sparsity=0.9, **kwargs):
+        super().__init__("dstee", sparsity, **kwargs)
 
 
 class RigL(SparseTraining):
@@ -400,7 +362,8 @@ class RigL(SparseTraining):
     `DSTEE(exploration=0, seed=s)`.
     """
 
-    method = "rigl"
+    def __init__(self, sparsity=0.9, **kwargs):
+        super().__init__("rigl", sparsity, **kwargs)
 
 
 class SET(SparseTraining):
@@ -409,7 +372,8 @@ class SET(SparseTraining):
     Same machinery and arguments as `DSTEE` without the exploration bonus.
     """
 
-    method = "set"
+    def __init__(self, sparsity=0.9, **kwargs):
+        super().__init__("set", sparsity, **kwargs)
 
 
 class Static(SparseTraining):
@@ -419,8 +383,6 @@ class Static(SparseTraining):
         sparsity, distribution, rescale, seed, exclude, include_embeddings,
         dense_first, dense_last: as for `DSTEE`.
     """
-
-    method = "static"
 
     def __init__(
         self,
@@ -434,6 +396,7 @@ class Static(SparseTraining):
         dense_last=False,
     ):
         super().__init__(
+            "static",
             sparsity=sparsity,
             distribution=distribution,
             rescale=rescale,

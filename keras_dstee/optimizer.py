@@ -10,6 +10,7 @@ from keras import ops
 from keras.src.utils import tracking
 
 from keras_dstee import arguments
+from keras_dstee import methods
 from keras_dstee import updates
 from keras_dstee.constraints import MaskConstraint
 from keras_dstee.constraints import masked
@@ -128,22 +129,16 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             its weights kept, in (0, 1], as `keras_dstee.layer_densities`
             returns; or a list with one density per trainable variable.
             Variables not listed, and those at density 1, stay dense.
-        method: how positions are grown: `"dstee"` (gradient magnitude plus a
-            coverage exploration bonus), `"rigl"` (gradient magnitude),
-            `"set"` (at random) or `"static"` (no mask updates).
+        method: how masks change: a `keras_dstee.methods.Method`, or a
+            registered name (`"dstee"`, `"rigl"`, `"set"`, `"static"`, or one
+            given to `keras_dstee.methods.register`). With a name, the
+            method's settings (DST-EE's `exploration`, `epsilon`,
+            `normalize_gradients`) may be given here as keywords.
         update_freq: optimizer steps between two mask updates.
         drop_fraction: fraction of active weights replaced at the first
             update; decays to 0 at `end_step` (cosine).
         end_step: the optimizer step after which masks stay fixed. Required
-            unless a callback sets it.
-        exploration: DST-EE's `c`, the weight of the exploration bonus
-            `sqrt(ln t / (N + epsilon))` against the gradient magnitude
-            normalised by its per-kernel mean. 0 grows exactly like RigL.
-        epsilon: DST-EE's `epsilon`, keeping the bonus finite for positions
-            that have never been active (N = 0).
-        normalize_gradients: divide |g| by its mean over each kernel before
-            adding the bonus (default), so `exploration` is scale-free; False
-            gives the paper's unnormalised `|g| + c * sqrt(...)`.
+            unless a callback sets it or the method never updates masks.
         rescale: whether kept weights are multiplied by `1 / sqrt(density)`
             on the first step.
         seed: int seeding the initial masks (and SET's random growth).
@@ -158,14 +153,17 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         update_freq=100,
         drop_fraction=0.3,
         end_step=None,
-        exploration=1.0,
-        epsilon=1.0,
-        normalize_gradients=True,
         rescale=True,
         seed=None,
         name=None,
         **kwargs,
     ):
+        # A method's settings beside a method name: how 0.1 wrote DST-EE's
+        # `exploration`, `epsilon` and `normalize_gradients`.
+        method_settings = {}
+        if not isinstance(method, methods.Method):
+            known = methods.get(method).arguments if isinstance(method, str) and method in methods.names() else ()
+            method_settings = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
         if kwargs:
             raise ValueError(
                 f"SparseOptimizer does not take `{'`, `'.join(kwargs)}`. Set "
@@ -180,11 +178,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             )
         if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
             inner_optimizer = _unwrap_loss_scale(inner_optimizer)
-        if method not in updates.GROW_METHODS:
-            raise ValueError(
-                f"Unknown `method={method!r}`. Expected one of "
-                f"{updates.GROW_METHODS}."
-            )
+        method = methods.get(method, **method_settings)
         self.inner_optimizer = inner_optimizer
         if isinstance(densities, dict):
             self.densities = {str(k): v for k, v in densities.items()}
@@ -215,13 +209,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         )
         self.drop_fraction = arguments.number("drop_fraction", drop_fraction, 0, 1)
         self.end_step = arguments.optional_integer("end_step", end_step, 1)
-        self.exploration = arguments.number(
-            "exploration", exploration, 0, math.inf, high_open=True
-        )
-        self.epsilon = arguments.number("epsilon", epsilon, 0, math.inf, high_open=True)
-        self.normalize_gradients = arguments.boolean(
-            "normalize_gradients", normalize_gradients
-        )
         self.rescale = arguments.boolean("rescale", rescale)
         seed = arguments.seed(seed)
         self.seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
@@ -239,7 +226,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.inner_optimizer.build(var_list)
         super().build(var_list)
         self.densities = self._densities_by_position(var_list)
-        if self.end_step is None and self.method != "static":
+        if self.end_step is None and self.method.updates_masks:
             raise ValueError(
                 "`end_step` is required: the optimizer step after which masks "
                 "stay fixed. The `DSTEE`/`RigL`/`SET` callbacks set it from "
@@ -483,7 +470,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         kernels_and_grads = [
             (k, g) for k, g in kernels_and_grads if k["max_update"] > 0 and g is not None
         ]
-        if self.method == "static" or not kernels_and_grads:
+        if not self.method.updates_masks or not kernels_and_grads:
             return
         kernels = [k for k, _ in kernels_and_grads]
         targets = [self.last_update, self.skipped_updates]
@@ -520,27 +507,18 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         mask = ops.convert_to_tensor(kernel["mask"])
         counter = ops.convert_to_tensor(kernel["counter"]) + elapsed * mask
         weight = ops.convert_to_tensor(kernel["variable"])
-        if self.method == "set":
-            seed = ops.stack(
-                [ops.cast(step, "int32"), ops.cast(self.seed % 2**20 + number, "int32")]
-            )
-            seed = ops.cast(seed, keras.src.backend.random_seed_dtype())
-            scores = keras.random.uniform(mask.shape, seed=_StepSeed(seed))
-        elif self.method == "rigl":
-            scores = ops.abs(ops.cast(grad, "float32"))
-        else:
-            scores = updates.grow_scores(
-                grad,
-                counter,
-                step,
-                self.exploration,
-                self.epsilon,
-                self.normalize_gradients,
-            )
+        # A new seed at every update and for every kernel, the same on all
+        # backends.
+        seed = ops.stack(
+            [ops.cast(step, "int32"), ops.cast(self.seed % 2**20 + number, "int32")]
+        )
+        seed = _StepSeed(ops.cast(seed, keras.src.backend.random_seed_dtype()))
+        scores = self.method.grow_scores(weight, grad, counter, step, seed)
+        keep = self.method.drop_scores(weight, grad)
         count = ops.cast(ops.ceil(fraction * kernel["active"]), "int32")
         count = ops.minimum(count, kernel["max_update"])
         new_mask, grown = updates.drop_and_grow(
-            weight, mask, scores, count, kernel["max_update"]
+            keep, mask, scores, count, kernel["max_update"]
         )
         keep = new_mask * (1.0 - grown)
         new_slots = [
@@ -612,7 +590,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "zero_fraction": zeros / size if size else 0.0,
             "coverage": ever_active / size if size else 0.0,
             "drop_fraction": float(ops.convert_to_numpy(fraction))
-            if self.method != "static"
+            if self.method.updates_masks
             else 0.0,
         }
 
@@ -628,13 +606,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "densities": dict(self.densities)
             if hasattr(self.densities, "items")
             else list(self.densities),
-            "method": self.method,
+            "method": {"name": self.method.name, "config": self.method.get_config()},
             "update_freq": self.update_freq,
             "drop_fraction": self.drop_fraction,
             "end_step": self.end_step,
-            "exploration": self.exploration,
-            "epsilon": self.epsilon,
-            "normalize_gradients": self.normalize_gradients,
             "rescale": self.rescale,
             "seed": self.seed,
         }
@@ -645,4 +620,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         inner = keras.saving.deserialize_keras_object(
             config.pop("inner_optimizer"), custom_objects=custom_objects
         )
+        method = config.get("method")
+        if isinstance(method, dict):
+            config["method"] = methods.get(method["name"]).from_config(method["config"])
         return cls(inner, **config)

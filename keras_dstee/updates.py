@@ -8,8 +8,6 @@ import math
 
 from keras import ops
 
-GROW_METHODS = ("dstee", "rigl", "set", "static")
-
 
 def drop_fraction_at(step, start_step, end_step, drop_fraction):
     """Cosine decay of the drop fraction: `drop_fraction` at `start_step`, 0 at
@@ -42,15 +40,16 @@ def grow_scores(grad, counter, step, exploration, epsilon, normalize=True):
     return magnitude + exploration * bonus
 
 
-def drop_and_grow(weight, mask, scores, num_update, max_update):
+def drop_and_grow(keep_scores, mask, scores, num_update, max_update):
     """One drop-and-grow on a single kernel.
 
-    Drops the `num_update` active weights with the smallest magnitude, then
-    activates the `num_update` inactive positions (just-dropped ones included)
-    with the highest `scores`. The number of active positions is unchanged.
+    Drops the `num_update` active positions with the lowest `keep_scores`
+    (e.g. the weight magnitudes), then activates the `num_update` inactive
+    positions (just-dropped ones included) with the highest `scores`. The
+    number of active positions is unchanged.
 
     Args:
-        weight: the kernel, any shape.
+        keep_scores: drop scores, any shape (lower is dropped first).
         mask: float 0/1 tensor of the same shape.
         scores: grow scores of the same shape (higher grows first).
         num_update: scalar int tensor, how many to drop and grow; at most
@@ -63,13 +62,13 @@ def drop_and_grow(weight, mask, scores, num_update, max_update):
     """
     shape = ops.shape(mask)
     mask = ops.reshape(ops.cast(mask, "float32"), (-1,))
-    magnitude = ops.reshape(ops.abs(ops.cast(weight, "float32")), (-1,))
+    keep = ops.reshape(ops.cast(keep_scores, "float32"), (-1,))
     scores = ops.reshape(ops.cast(scores, "float32"), (-1,))
     in_first_k = ops.arange(max_update) < num_update
 
-    # Drop: the smallest active magnitudes (inactive positions rank last).
+    # Drop: the lowest active keep scores (inactive positions rank last).
     inf = ops.convert_to_tensor(float("inf"))
-    _, drop_index = ops.top_k(-ops.where(mask > 0, magnitude, inf), max_update)
+    _, drop_index = ops.top_k(-ops.where(mask > 0, keep, inf), max_update)
     drop_value = ops.where(in_first_k, 0.0, ops.take(mask, drop_index))
     dropped = ops.scatter_update(mask, drop_index[:, None], drop_value)
 

@@ -26,7 +26,7 @@ def test_a_0_1_checkpoint_loads_with_its_sparse_state():
     model = keras.saving.load_model(v0_1.CHECKPOINT)
     optimizer = model.optimizer
     assert isinstance(optimizer, keras_dstee.SparseOptimizer)
-    assert optimizer.method == "dstee" and optimizer.exploration == 1.0
+    assert optimizer.method == keras_dstee.methods.DSTEE(exploration=1.0, epsilon=1.0)
     assert int(keras.ops.convert_to_numpy(optimizer.step)) == 8
     # Only the kernels are in the budget, not the biases listed at 1.0.
     assert [tuple(v.shape) for v, _ in optimizer.budget] == [(3, 3, 3, 8), (288, 16), (16, 5)]

@@ -74,9 +74,9 @@ def test_callback_arguments_are_checked_at_construction(kwargs, name):
 
 
 def test_method_arguments_belong_to_their_method():
-    with pytest.raises(ValueError, match="RigL does not take `exploration`"):
+    with pytest.raises(ValueError, match="'rigl' does not take `exploration`"):
         keras_dstee.RigL(exploration=1.0)
-    with pytest.raises(ValueError, match="SET does not take `epsilon`, `exploration`"):
+    with pytest.raises(ValueError, match="'set' does not take `epsilon`, `exploration`"):
         keras_dstee.SET(exploration=1.0, epsilon=0.5)
 
 

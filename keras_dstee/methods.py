@@ -1,0 +1,175 @@
+"""Sparse-training methods as small classes, and their registry.
+
+A method says how a kernel's mask changes at a mask update: which active
+weights to drop (the lowest `drop_scores`) and which inactive positions to
+grow (the highest `grow_scores`). Everything else, the budget, the schedule,
+the masks and counters in the compiled step, is `SparseOptimizer`'s. Each
+class holds only its own settings and overrides only what differs, so a new
+rule is one subclass and one `register` call:
+
+```python
+class NoisyRigL(keras_dstee.methods.RigL):
+    '''Grow by |gradient| times a random number.'''
+
+    def grow_scores(self, weight, grad, counter, step, seed):
+        noise = keras.random.uniform(keras.ops.shape(grad), seed=seed)
+        return keras.ops.abs(grad) * noise
+
+keras_dstee.methods.register("noisy_rigl", NoisyRigL)
+model.fit(x, y, callbacks=[keras_dstee.SparseTraining("noisy_rigl", sparsity=0.9)])
+```
+
+Scores are `keras.ops` functions of tensors with the kernel's shape, so a
+method runs unchanged inside the compiled step on every backend.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_dstee import arguments
+from keras_dstee import updates
+
+_REGISTRY = {}
+
+
+class Method:
+    """Base of the methods: magnitude drop; subclasses define the growth.
+
+    Attributes a subclass may set:
+        name: the registered name, used in saved configs.
+        updates_masks: False for a method whose masks never change.
+        arguments: names of the constructor's settings (saved, compared).
+    """
+
+    name = None
+    updates_masks = True
+    arguments = ()
+
+    def drop_scores(self, weight, grad):
+        """Higher is kept: the active weights with the lowest scores are
+        dropped. Default: the weight magnitude (exploitation)."""
+        return ops.abs(ops.cast(weight, "float32"))
+
+    def grow_scores(self, weight, grad, counter, step, seed):
+        """Higher grows first, among inactive positions.
+
+        Args:
+            weight: the kernel after the drop (inactive positions are 0).
+            grad: the dense gradient of the current batch.
+            counter: how many steps each position has been active so far.
+            step: the optimizer step (scalar tensor, from 1).
+            seed: a seed for `keras.random`, new at every update and kernel.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define `grow_scores`.")
+
+    def get_config(self):
+        return {name: getattr(self, name) for name in self.arguments}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(type(self))
+
+    def __repr__(self):
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({settings})"
+
+
+class Static(Method):
+    """A fixed random mask, never updated."""
+
+    name = "static"
+    updates_masks = False
+
+
+class SET(Method):
+    """SET (Mocanu et al., 2018): grow positions chosen at random."""
+
+    name = "set"
+
+    def grow_scores(self, weight, grad, counter, step, seed):
+        return keras.random.uniform(ops.shape(weight), seed=seed)
+
+
+class RigL(SET):
+    """RigL (Evci et al., 2020): grow the largest |gradient|."""
+
+    name = "rigl"
+
+    def grow_scores(self, weight, grad, counter, step, seed):
+        return ops.abs(ops.cast(grad, "float32"))
+
+
+class DSTEE(RigL):
+    """DST-EE (Huang et al., 2023): RigL's gradient plus a coverage bonus,
+    `|g| / mean|g| + exploration * sqrt(ln t / (N + epsilon))`.
+
+    Args:
+        exploration: weight `c` of the bonus; 0 grows exactly like RigL.
+        epsilon: keeps the bonus finite for positions never active.
+        normalize_gradients: divide |g| by its per-kernel mean so that
+            `exploration` is scale-free; False is the paper's raw |g|.
+    """
+
+    name = "dstee"
+    arguments = ("exploration", "epsilon", "normalize_gradients")
+
+    def __init__(self, exploration=1.0, epsilon=1.0, normalize_gradients=True):
+        self.exploration = arguments.number("exploration", exploration, 0, math.inf, high_open=True)
+        self.epsilon = arguments.number("epsilon", epsilon, 0, math.inf, high_open=True)
+        self.normalize_gradients = arguments.boolean("normalize_gradients", normalize_gradients)
+
+    def grow_scores(self, weight, grad, counter, step, seed):
+        return updates.grow_scores(
+            grad, counter, step, self.exploration, self.epsilon, self.normalize_gradients
+        )
+
+
+def register(name, cls):
+    """Makes `cls` (a `Method` subclass) available by `name` to
+    `SparseTraining`, `SparseOptimizer`, saved models and the examples."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ValueError(f"`cls` must be a subclass of keras_dstee.methods.Method. Received: {cls!r}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty string. Received: {name!r}")
+    cls.name = name
+    _REGISTRY[name] = cls
+    return cls
+
+
+def names():
+    """The registered method names."""
+    return tuple(_REGISTRY)
+
+
+def get(method, **settings):
+    """A `Method` from a registered name, a `Method` subclass (built with
+    `settings`) or an instance (returned as it is, `settings` must be empty)."""
+    if isinstance(method, str):
+        if method not in _REGISTRY:
+            raise ValueError(f"Unknown `method={method!r}`. Expected one of {names()}, or a Method.")
+        method = _REGISTRY[method]
+    if isinstance(method, type) and issubclass(method, Method):
+        unknown = sorted(set(settings) - set(method.arguments))
+        if unknown:
+            raise ValueError(
+                f"Method {method.name!r} does not take `{'`, `'.join(unknown)}`."
+                + (f" Its settings: {method.arguments}." if method.arguments else "")
+            )
+        return method(**settings)
+    if isinstance(method, Method):
+        if settings:
+            raise ValueError(f"Give settings to the method itself, not beside {method!r}: {sorted(settings)}.")
+        return method
+    raise ValueError(f"`method` must be a name in {names()}, a Method subclass or instance. Received: {method!r}")
+
+
+for _cls in (Static, SET, RigL, DSTEE):
+    register(_cls.name, _cls)
