@@ -60,8 +60,8 @@ def main():
     optimizer._update_masks = timed("sparse: update check + drop-and-grow", optimizer._update_masks)
     optimizer._drop_and_grow = timed("sparse: drop-and-grow", optimizer._drop_and_grow)
     for kernel in optimizer.kernels:
-        constraint = kernel["variable"].constraint
-        kernel["variable"].constraint = timed("sparse: mask constraint", constraint)
+        constraint = kernel.variable.constraint
+        kernel.variable.constraint = timed("sparse: mask constraint", constraint)
     dense.optimizer.apply = timed("dense: optimizer apply", dense.optimizer.apply)
 
     repeats = []

@@ -1,9 +1,11 @@
-"""keras-dstee: dynamic sparse training (DST-EE, RigL, SET, static) for Keras 3."""
+"""keras-dstee: dynamic sparse training (DST-EE, RigL, SET, static, GMP, GraNet) for Keras 3."""
 
 from keras_dstee import methods
 from keras_dstee import models
 from keras_dstee.callback import DSTEE
+from keras_dstee.callback import GMP
 from keras_dstee.callback import SET
+from keras_dstee.callback import GraNet
 from keras_dstee.callback import RigL
 from keras_dstee.callback import SparseTraining
 from keras_dstee.callback import Static
@@ -18,6 +20,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DSTEE",
+    "GMP",
+    "GraNet",
     "SET",
     "RigL",
     "SparseOptimizer",

@@ -79,6 +79,7 @@ class SparseTraining(keras.callbacks.Callback):
         distribution="erk",
         update_freq=100,
         drop_fraction=0.3,
+        begin=0.0,
         end=0.75,
         end_step=None,
         rescale=True,
@@ -105,6 +106,7 @@ class SparseTraining(keras.callbacks.Callback):
         )
         self.drop_fraction = arguments.number("drop_fraction", drop_fraction, 0, 1)
         self.end = arguments.number("end", end, 0, 1, low_open=True)
+        self.begin = arguments.number("begin", begin, 0, self.end, high_open=True)
         self.end_step = arguments.optional_integer(
             "end_step", end_step, 1, " (optimizer steps) or None"
         )
@@ -116,7 +118,7 @@ class SparseTraining(keras.callbacks.Callback):
         self.dense_last = arguments.boolean("dense_last", dense_last)
         self.optimizer = None
         self._model_id = None
-        self._schedule_length = None
+        self._schedule = None
         self._schedule_pending = False
         self._skipped_updates = 0
 
@@ -136,18 +138,18 @@ class SparseTraining(keras.callbacks.Callback):
                 f"training with {type(self).__name__}: call `model.compile(...)`."
             )
         _check_distribution(model)
-        self._schedule_length = self._planned_steps()
+        self._schedule = self._planned_schedule()
         existing = find_sparse_optimizer(optimizer)
         if existing is not None:
             # A second `fit`, or a model loaded with its sparse state.
             if not existing.built:
                 existing.build(model.trainable_variables)
             self._warn_if_settings_differ(model, existing)
-            if self._schedule_length is None and not _schedule_is_over(existing):
+            if self._schedule is None and not _schedule_is_over(existing):
                 raise ValueError(self._unknown_length_message())
             self.optimizer = existing
         else:
-            if self._schedule_length is None:
+            if self._schedule is None:
                 raise ValueError(self._unknown_length_message())
             self.optimizer = self._wrap(model, optimizer)
         self._model_id = id(model)
@@ -162,15 +164,17 @@ class SparseTraining(keras.callbacks.Callback):
             if len(others) < len(callback_list.callbacks):
                 callback_list.callbacks = [self] + others
 
-    def _planned_steps(self):
-        """Optimizer steps of this `fit` until the masks stay fixed; None
-        when `fit` can't tell how long it runs and `end_step` is not given."""
+    def _planned_schedule(self):
+        """`(begin, end)`: optimizer steps of this `fit` until the mask
+        updates start and until the masks stay fixed; None when `fit` can't
+        tell how long it runs and `end_step` is not given."""
         if self.end_step is not None:
-            return self.end_step
+            return round(self.begin * self.end_step), self.end_step
         steps = self.params.get("steps")
         if not steps:
             return None
-        return max(1, round(self.end * steps * self.params["epochs"]))
+        total = steps * self.params["epochs"]
+        return round(self.begin * total), max(1, round(self.end * total))
 
     def _unknown_length_message(self):
         return (
@@ -181,11 +185,17 @@ class SparseTraining(keras.callbacks.Callback):
             f"{type(self).__name__}, or `steps_per_epoch` to `fit`."
         )
 
-    def _densities(self, model):
+    def _densities(self, model, sparsity=None):
+        """The planned densities, at `sparsity` (default: the target)."""
+        distribution = self.distribution
+        if sparsity is not None and isinstance(distribution, dict):
+            # A pruning method's start: each mapped layer at `sparsity`, or
+            # at its own target if that is lower.
+            distribution = {k: min(v, sparsity) for k, v in distribution.items()}
         return layer_densities(
             model,
-            self.sparsity,
-            self.distribution,
+            self.sparsity if sparsity is None else sparsity,
+            distribution,
             exclude=self.exclude,
             include_embeddings=self.include_embeddings,
             dense_first=self.dense_first,
@@ -230,6 +240,9 @@ class SparseTraining(keras.callbacks.Callback):
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             loss_scale, optimizer = optimizer, optimizer.inner_optimizer
         densities = self._densities(model)
+        initial = None
+        if self.method.initial_sparsity is not None:
+            initial = self._densities(model, self.method.initial_sparsity)
         # Under `tf.distribute`, the wrapper's variables are mirrored like the
         # model's: create them in the model's strategy scope.
         strategy = getattr(model, "distribute_strategy", None)
@@ -240,7 +253,8 @@ class SparseTraining(keras.callbacks.Callback):
                 method=self.method,
                 update_freq=self.update_freq,
                 drop_fraction=self.drop_fraction,
-                end_step=self._schedule_length,
+                end_step=self._schedule[1],
+                initial_densities=initial,
                 rescale=self.rescale,
                 seed=self.seed,
             )
@@ -264,18 +278,18 @@ class SparseTraining(keras.callbacks.Callback):
             return
         self._schedule_pending = False
         steps = self.params.get("steps")
-        if self._schedule_length is None or (epoch > 0 and not steps):
+        if self._schedule is None or (epoch > 0 and not steps):
             # Data of unknown length: the model's own schedule goes on (it
             # has ended, or this resumes it at `initial_epoch`).
             return
         # The schedule spans this `fit` counted from epoch 0, so a run
         # resumed with `initial_epoch` keeps its original schedule.
         step = int(keras.ops.convert_to_numpy(self.optimizer.step))
-        start = step - epoch * (steps or 0)
-        end = start + self._schedule_length
-        self.optimizer.start_step.assign(start)
-        self.optimizer.end_step_variable.assign(end)
-        self.optimizer.end_step = end
+        run_start = step - epoch * (steps or 0)
+        begin, end = self._schedule
+        self.optimizer.start_step.assign(run_start + begin)
+        self.optimizer.end_step_variable.assign(run_start + end)
+        self.optimizer.end_step = run_start + end
 
     def on_epoch_end(self, epoch, logs=None):
         # `self.model` syncs the JAX state before the variables are read.
@@ -374,6 +388,50 @@ class SET(SparseTraining):
 
     def __init__(self, sparsity=0.9, **kwargs):
         super().__init__("set", sparsity, **kwargs)
+
+
+class GMP(SparseTraining):
+    """Gradual magnitude pruning (Zhu & Gupta, 2017), the baseline Keras users
+    know from tfmot's `prune_low_magnitude` with `PolynomialDecay(power=3)`.
+
+    Starts at `initial_sparsity` (default 0: dense) and prunes the smallest
+    weights every `update_freq` steps between `begin` and `end` (fractions
+    of the run) so that the sparsity follows
+    `s_t = sparsity + (initial_sparsity - sparsity) * (1 - progress)**3`,
+    reaching `sparsity` exactly at `end`; nothing is regrown.
+
+    ```python
+    model.fit(x, y, epochs=30, callbacks=[keras_dstee.GMP(sparsity=0.9, end=0.6)])
+    ```
+
+    Args:
+        sparsity: the final sparsity.
+        initial_sparsity: the sparsity when pruning begins, in [0, 1).
+        begin: fraction of the run before pruning starts, in [0, end).
+        Others: as for `DSTEE` (`drop_fraction` is unused).
+    """
+
+    def __init__(self, sparsity=0.9, **kwargs):
+        super().__init__("gmp", sparsity, **kwargs)
+
+
+class GraNet(SparseTraining):
+    """GraNet (Liu et al., 2021): gradual pruning with neuroregeneration.
+
+    Starts from a random mask at `initial_sparsity` (default 0.5), prunes
+    by magnitude along GMP's cubic schedule to `sparsity` at `end`, and at
+    every update also drops and regrows (by |gradient|) the cosine-decaying
+    `drop_fraction` of the active weights, so the connectivity keeps
+    changing while the density follows the schedule.
+
+    Args:
+        sparsity: the final sparsity.
+        initial_sparsity: the sparsity of the starting random mask.
+        Others: as for `DSTEE` and `GMP`.
+    """
+
+    def __init__(self, sparsity=0.9, **kwargs):
+        super().__init__("granet", sparsity, **kwargs)
 
 
 class Static(SparseTraining):

@@ -40,11 +40,16 @@ class Method:
     Attributes a subclass may set:
         name: the registered name, used in saved configs.
         updates_masks: False for a method whose masks never change.
+        grows: False for a method that only prunes (no `grow_scores`).
+        initial_sparsity: None for a fixed budget; for a pruning method, the
+            sparsity its cubic density schedule starts from.
         arguments: names of the constructor's settings (saved, compared).
     """
 
     name = None
     updates_masks = True
+    grows = True
+    initial_sparsity = None
     arguments = ()
 
     def drop_scores(self, weight, grad):
@@ -132,6 +137,45 @@ class DSTEE(RigL):
         )
 
 
+class GMP(Method):
+    """Gradual magnitude pruning (Zhu & Gupta, 2017, "To prune, or not to
+    prune"): from `initial_sparsity` the sparsity rises to the target along
+    `s_t = s_f + (s_i - s_f) * (1 - progress)**3`, each update dropping the
+    smallest weights; nothing is regrown (tfmot's `PolynomialDecay`,
+    power 3).
+
+    Args:
+        initial_sparsity: sparsity when pruning begins, in [0, 1); 0 trains
+            dense first.
+    """
+
+    name = "gmp"
+    grows = False
+    arguments = ("initial_sparsity",)
+
+    def __init__(self, initial_sparsity=0.0):
+        self.initial_sparsity = arguments.number("initial_sparsity", initial_sparsity, 0, 1, high_open=True)
+
+
+class GraNet(RigL):
+    """GraNet (Liu et al., 2021, "Sparse Training via Boosting Pruning
+    Plasticity with Neuroregeneration"): GMP's cubic schedule from
+    `initial_sparsity` to the target, and at every update as many weights as
+    the cosine drop fraction says are also dropped by magnitude and regrown
+    by |gradient| (zero-cost neuroregeneration), so the connectivity keeps
+    changing while the density follows the schedule.
+
+    Args:
+        initial_sparsity: sparsity of the random mask training starts from.
+    """
+
+    name = "granet"
+    arguments = ("initial_sparsity",)
+
+    def __init__(self, initial_sparsity=0.5):
+        self.initial_sparsity = arguments.number("initial_sparsity", initial_sparsity, 0, 1, high_open=True)
+
+
 def register(name, cls):
     """Makes `cls` (a `Method` subclass) available by `name` to
     `SparseTraining`, `SparseOptimizer`, saved models and the examples."""
@@ -171,5 +215,5 @@ def get(method, **settings):
     raise ValueError(f"`method` must be a name in {names()}, a Method subclass or instance. Received: {method!r}")
 
 
-for _cls in (Static, SET, RigL, DSTEE):
+for _cls in (Static, SET, RigL, DSTEE, GMP, GraNet):
     register(_cls.name, _cls)

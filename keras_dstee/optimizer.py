@@ -1,5 +1,6 @@
-"""`SparseOptimizer`: owns the masks and runs drop-and-grow inside the step."""
+"""`SparseOptimizer`: owns the masks and updates them inside the step."""
 
+import dataclasses
 import inspect
 import math
 import numbers
@@ -10,6 +11,7 @@ from keras import ops
 from keras.src.utils import tracking
 
 from keras_dstee import arguments
+from keras_dstee import control
 from keras_dstee import methods
 from keras_dstee import updates
 from keras_dstee.constraints import MaskConstraint
@@ -17,45 +19,39 @@ from keras_dstee.constraints import masked
 from keras_dstee.distributions import active_count
 
 
-class _StepSeed(keras.random.SeedGenerator):
-    """A seed computed inside the compiled step.
+@dataclasses.dataclass(eq=False)
+class SparseKernel:
+    """One kernel trained sparse and the state that moves with it.
 
-    `keras.random` takes an int or a `SeedGenerator`; drawing from a real
-    generator would assign its state inside `ops.cond`, which JAX forbids.
+    Attributes:
+        index: the kernel's position among the trainable variables.
+        variable, mask, counter: the kernel, its 0/1 mask and its activity
+            counter (steps each position has been active).
+        slots: the inner optimizer's slots for it (momentum, Adam's m, v).
+        initial_active: positions active when training starts.
+        active: positions active once the method's schedule ends (the same
+            as `initial_active` except for pruning methods).
+        max_drop, max_grow: static bounds of one update, as `top_k` needs.
     """
 
-    def __init__(self, value):
-        self._value = value
+    index: int
+    variable: object
+    mask: object
+    counter: object
+    slots: list
+    initial_active: int
+    active: int
+    max_drop: int
+    max_grow: int
 
-    def next(self, ordered=True):
-        return self._value
+    @property
+    def size(self):
+        return math.prod(self.variable.shape)
 
-
-def _tf_replicas():
-    """How many replicas the current `tf.distribute` strategy runs."""
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _multi_replica_context():
-    """TensorFlow's replica context while `tf.distribute` runs the step on
-    several replicas; None otherwise (and on the other backends)."""
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return None
-    return context
-
-
-def _is_traced(value):
-    """Whether a JAX value is abstract (inside `jax.jit` or a `cond`)."""
-    import jax
-
-    return isinstance(value, jax.core.Tracer)
+    @property
+    def state(self):
+        """What a mask update reads and writes, in this order."""
+        return [self.mask, self.counter, self.variable, *self.slots]
 
 
 def find_sparse_optimizer(optimizer):
@@ -92,7 +88,7 @@ def _unwrap_loss_scale(optimizer):
 
 @keras.saving.register_keras_serializable(package="keras_dstee")
 class SparseOptimizer(keras.optimizers.Optimizer):
-    """Trains chosen kernels sparse, with a fixed number of active weights.
+    """Trains chosen kernels sparse, with a planned number of active weights.
 
     Wraps the user's optimizer the way `LossScaleOptimizer` does. Per sparse
     kernel it owns a 0/1 mask and an activity counter (how many steps each
@@ -103,15 +99,18 @@ class SparseOptimizer(keras.optimizers.Optimizer):
        state stays 0 there;
     2. the inner optimizer updates, then a `MaskConstraint` re-zeroes every
        inactive weight;
-    3. every `update_freq` steps until `end_step`, drop-and-grow runs under
-       `ops.cond`: the `f(t)` fraction of active weights with the smallest
-       magnitude is dropped and as many positions are grown by the `method`'s
-       score. Grown weights and their optimizer slots start at 0.
+    3. every `update_freq` steps until `end_step`, the masks are updated under
+       `ops.cond`: a pruning method first drops the active weights its density
+       schedule no longer allows, then the `f(t)` fraction of active weights
+       with the lowest drop score (magnitude) is dropped and as many positions
+       grown by the `method`'s grow score. Grown weights and their optimizer
+       slots start at 0.
 
     On its first step the optimizer masks the kernels and, with `rescale`,
     multiplies the kept weights by `1 / sqrt(density)` so their variance suits
     the sparse fan-in. Most users never build this class: the `DSTEE`, `RigL`,
-    `SET` and `Static` callbacks do it from `fit`. To use it directly:
+    `SET`, `Static`, `GMP`, `GraNet` and `SparseTraining` callbacks do it from
+    `fit`. To use it directly:
 
     ```python
     densities = keras_dstee.layer_densities(model, sparsity=0.9)
@@ -127,21 +126,26 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         inner_optimizer: the `keras.optimizers.Optimizer` doing the updates.
         densities: dict from variable path (`variable.path`) to the fraction of
             its weights kept, in (0, 1], as `keras_dstee.layer_densities`
-            returns; or a list with one density per trainable variable.
-            Variables not listed, and those at density 1, stay dense.
+            returns; or a list with one density (or None) per trainable
+            variable. Variables not listed are not trained sparse; listed
+            ones at density 1 stay dense but count in the logged `sparsity`.
         method: how masks change: a `keras_dstee.methods.Method`, or a
-            registered name (`"dstee"`, `"rigl"`, `"set"`, `"static"`, or one
-            given to `keras_dstee.methods.register`). With a name, the
-            method's settings (DST-EE's `exploration`, `epsilon`,
-            `normalize_gradients`) may be given here as keywords.
+            registered name (`"dstee"`, `"rigl"`, `"set"`, `"static"`,
+            `"gmp"`, `"granet"`, or one given to `keras_dstee.methods.register`).
+            With a name, the method's settings (DST-EE's `exploration`,
+            `epsilon`, `normalize_gradients`) may be given here as keywords.
         update_freq: optimizer steps between two mask updates.
         drop_fraction: fraction of active weights replaced at the first
             update; decays to 0 at `end_step` (cosine).
         end_step: the optimizer step after which masks stay fixed. Required
             unless a callback sets it or the method never updates masks.
+        initial_densities: for pruning methods (`GMP`, `GraNet`), the
+            densities at the start of the schedule, in the form of
+            `densities`; by default every kernel starts at
+            `1 - method.initial_sparsity` (never below its final density).
         rescale: whether kept weights are multiplied by `1 / sqrt(density)`
             on the first step.
-        seed: int seeding the initial masks (and SET's random growth).
+        seed: int seeding the initial masks (and random growth).
         name: the optimizer's name.
     """
 
@@ -153,6 +157,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         update_freq=100,
         drop_fraction=0.3,
         end_step=None,
+        initial_densities=None,
         rescale=True,
         seed=None,
         name=None,
@@ -161,8 +166,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         # A method's settings beside a method name: how 0.1 wrote DST-EE's
         # `exploration`, `epsilon` and `normalize_gradients`.
         method_settings = {}
-        if not isinstance(method, methods.Method):
-            known = methods.get(method).arguments if isinstance(method, str) and method in methods.names() else ()
+        if isinstance(method, str) and method in methods.names():
+            known = methods.get(method).arguments
             method_settings = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
         if kwargs:
             raise ValueError(
@@ -178,32 +183,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             )
         if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
             inner_optimizer = _unwrap_loss_scale(inner_optimizer)
-        method = methods.get(method, **method_settings)
         self.inner_optimizer = inner_optimizer
-        if isinstance(densities, dict):
-            self.densities = {str(k): v for k, v in densities.items()}
-            named = self.densities.items()
-        elif isinstance(densities, (list, tuple)):
-            self.densities = list(densities)
-            named = enumerate(self.densities)
-        else:
-            raise ValueError(
-                "`densities` must be a dict {variable.path: density} (as "
-                "`keras_dstee.layer_densities` returns) or a list with one "
-                f"density (or None) per trainable variable. Received: {densities!r}"
-            )
-        for key, density in named:
-            valid = density is None or (
-                isinstance(density, numbers.Real)
-                and not isinstance(density, bool)
-                and 0 < density <= 1
-            )
-            if not valid:
-                raise ValueError(
-                    f"The density of {key!r} in `densities` must be a number "
-                    f"in (0, 1], or None. Received: {density!r}"
-                )
-        self.method = method
+        self.method = methods.get(method, **method_settings)
+        self.densities = _checked_densities("densities", densities)
+        self.initial_densities = (
+            None if initial_densities is None else _checked_densities("initial_densities", initial_densities)
+        )
         self.update_freq = arguments.integer(
             "update_freq", update_freq, 1, " (optimizer steps between mask updates)"
         )
@@ -225,12 +210,13 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             # Slots must exist now: created inside a trace they can't be found.
             self.inner_optimizer.build(var_list)
         super().build(var_list)
-        self.densities = self._densities_by_position(var_list)
+        self.densities = _by_position("densities", self.densities, var_list)
+        self.initial_densities = self._initial_by_position(var_list)
         if self.end_step is None and self.method.updates_masks:
             raise ValueError(
                 "`end_step` is required: the optimizer step after which masks "
-                "stay fixed. The `DSTEE`/`RigL`/`SET` callbacks set it from "
-                "`fit`; pass it when using `SparseOptimizer` directly."
+                "stay fixed. The callbacks set it from `fit`; pass it when "
+                "using `SparseOptimizer` directly."
             )
         end = 0 if self.end_step is None else int(self.end_step)
         self.step = self._scalar("step", 0)
@@ -243,68 +229,49 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         # Until `install()` runs eagerly, the step itself checks `installed`.
         self._install_pending = True
         self.kernels = []
-        # The kernels `densities` covers, the dense ones too: what the logged
-        # `sparsity` is measured over, as `layer_densities` planned it.
+        # The kernels `densities` covers, the dense ones too, with their
+        # final number of active positions: what the logged `sparsity` is
+        # measured over, as `layer_densities` planned it.
         self.budget = []
-        for index, (variable, density) in enumerate(zip(var_list, self.densities)):
+        for index, variable in enumerate(var_list):
+            density = self.densities[index]
             if density is None:
                 continue
             active = active_count(variable.shape, density)
+            initial = max(active, active_count(variable.shape, self.initial_densities[index]))
             self.budget.append((variable, active))
             if active < math.prod(variable.shape):
-                self.kernels.append(self._add_kernel(index, variable, active))
+                self.kernels.append(self._add_kernel(index, variable, initial, active))
 
-    def _densities_by_position(self, var_list):
-        """One density per trainable variable, None for those outside the
-        budget. Saved in this form: variable paths can change when a model is
-        loaded, positions don't."""
-        if isinstance(self.densities, list):
-            if len(self.densities) != len(var_list):
-                raise ValueError(
-                    f"`densities` has {len(self.densities)} entries but the "
-                    f"model trains {len(var_list)} variables."
-                )
-            # Files from 0.1 list 1.0 for every variable outside the budget;
-            # biases and other 1-D weights are never part of it.
-            return [
-                None if d is None or (d == 1 and len(v.shape) < 2) else float(d)
-                for v, d in zip(var_list, self.densities)
-            ]
-        paths = [v.path for v in var_list]
-        unknown = sorted(set(self.densities) - set(paths))
-        if unknown:
-            raise ValueError(
-                f"`densities` names variables the model does not train: "
-                f"{unknown}. Trainable variables: {sorted(paths)}"
-            )
-        return [
-            None if self.densities.get(p) is None else float(self.densities[p])
-            for p in paths
-        ]
+    def _initial_by_position(self, var_list):
+        """Densities when training starts: `initial_densities`, or from the
+        method's `initial_sparsity`, or the final ones."""
+        if self.initial_densities is not None:
+            return _by_position("initial_densities", self.initial_densities, var_list)
+        start = self.method.initial_sparsity
+        if start is None:
+            return list(self.densities)
+        return [None if d is None else max(d, 1.0 - start) for d in self.densities]
 
     def _scalar(self, name, value):
-        # Under `tf.distribute`, every replica holds the same counters: an
-        # `assign_add` from the replicas takes the first one's value. Only
-        # there: elsewhere on TF that aggregation costs ~3% of a small step.
-        replicated = keras.backend.backend() == "tensorflow" and _tf_replicas() > 1
         return self.add_variable(
             shape=(),
             dtype="int",
             initializer=keras.initializers.Constant(value),
-            aggregation="only_first_replica" if replicated else "none",
+            aggregation=control.counter_aggregation(),
             name=name,
         )
 
-    def _add_kernel(self, index, variable, active):
+    def _add_kernel(self, index, variable, initial_active, active):
         """Creates the mask and counter of one kernel; returns its record."""
         shape = tuple(variable.shape)
         size = math.prod(shape)
-        # Exactly `active` random positions; numpy makes it the same on every
-        # backend. Passed as the initializer: an assign right after creation
-        # is lost when the build runs inside a TF trace.
+        # Exactly `initial_active` random positions; numpy makes it the same
+        # on every backend. Passed as the initializer: an assign right after
+        # creation is lost when the build runs inside a TF trace.
         rng = np.random.default_rng([self.seed, index])
         flat = np.zeros(size, "float32")
-        flat[rng.permutation(size)[:active]] = 1.0
+        flat[rng.permutation(size)[:initial_active]] = 1.0
         initial = flat.reshape(shape)
         prefix = variable.path.replace("/", "_")
         # Under `keras.distribution`, mask and counter are laid out (sharded)
@@ -326,16 +293,18 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if s.name.startswith(prefix + "_") and tuple(s.shape) == shape
         ]
         variable.constraint = MaskConstraint(mask, variable.constraint)
-        return {
-            "index": index,
-            "variable": variable,
-            "mask": mask,
-            "counter": counter,
-            "slots": slots,
-            "active": active,
-            "density": active / size,
-            "max_update": math.ceil(self.drop_fraction * active),
-        }
+        max_grow = math.ceil(self.drop_fraction * initial_active) if self.method.grows else 0
+        return SparseKernel(
+            index=index,
+            variable=variable,
+            mask=mask,
+            counter=counter,
+            slots=slots,
+            initial_active=initial_active,
+            active=active,
+            max_drop=min(size, max_grow + initial_active - active),
+            max_grow=max_grow,
+        )
 
     @property
     def variables(self):
@@ -355,134 +324,68 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         grads = list(grads)
         positions = {self._var_key(v): i for i, v in enumerate(variables)}
         kernels = [
-            (k, positions[self._var_key(k["variable"])])
+            (k, positions[self._var_key(k.variable)])
             for k in self.kernels
-            if self._var_key(k["variable"]) in positions
+            if self._var_key(k.variable) in positions
         ]
         self.step.assign_add(1)
         if self._install_pending:
-            self._install_once(kernels)
+            self._install_once([k for k, _ in kernels])
         dense_grads = {id(k): grads[i] for k, i in kernels}
         for k, i in kernels:
             if grads[i] is not None:
                 # A product, cheaper than `where` in eager torch. A NaN it
                 # lets into an inactive slot never reaches a weight (the
                 # constraint uses `where`) and growing resets the slot.
-                grads[i] = grads[i] * ops.convert_to_tensor(k["mask"])
+                grads[i] = grads[i] * ops.convert_to_tensor(k.mask)
         self.inner_optimizer.apply(grads, variables)
         self._update_masks([(k, dense_grads[id(k)]) for k, _ in kernels])
 
     def install(self):
         """Masks (and rescales) the kernels now rather than on the first step,
         so the first forward pass already sees the sparse model. Runs once."""
-        self._install_once([(k, None) for k in self.kernels])
+        self._install_once(self.kernels)
         self._install_pending = False
 
     def _install_once(self, kernels):
         """Masks (and rescales) the kernels on the first step after a build."""
-        targets = [k["variable"] for k, _ in kernels]
 
         def install():
             values = []
-            for k, _ in kernels:
-                w = ops.convert_to_tensor(k["variable"])
-                scale = 1.0 / math.sqrt(k["density"]) if self.rescale else 1.0
-                values.append(masked(w, k["mask"]) * scale)
+            for k in kernels:
+                w = ops.convert_to_tensor(k.variable)
+                scale = math.sqrt(k.size / k.initial_active) if self.rescale else 1.0
+                values.append(masked(w, k.mask) * scale)
             return values
 
-        self._cond_assign(lambda: ops.equal(self.installed, 0), install, targets)
+        control.cond_assign(
+            lambda: ops.equal(self.installed, 0), install, [k.variable for k in kernels]
+        )
         self.installed.assign(1)
 
-    def _cond_assign(self, predicate, compute, targets, grads=()):
-        """`targets[i].assign(compute(*grads)[i])` when `predicate()` holds.
-
-        JAX forbids assignments inside `ops.cond`, so there both branches
-        return values and the assignment happens outside (free in a stateless
-        step). Elsewhere the assignment stays inside the branch, so a skipped
-        step copies nothing; torch uses a plain `if`. Under `tf.distribute`
-        the branch runs once for all replicas, on the summed gradients.
-        """
-        if not targets:
-            return
-        grads = list(grads)
-        context = _multi_replica_context()
-        if context is not None:
-
-            def cross_replica(strategy, grads):
-                self._cross_replica_cond_assign(
-                    strategy, predicate, compute, targets, grads
-                )
-
-            context.merge_call(cross_replica, args=(grads,))
-            return
-        def compute_and_assign():
-            for target, value in zip(targets, compute(*grads)):
-                target.assign(value)
-
-        backend = keras.backend.backend()
-        condition = predicate()
-        if backend == "torch" or (backend == "jax" and not _is_traced(condition)):
-            # A plain `if`: `ops.cond` is one on torch anyway, and under
-            # torch.compile each call names a new op and forces a recompile;
-            # an eager JAX step (a custom loop outside `jax.jit`) would
-            # compile both branches on every call.
-            if bool(condition):
-                compute_and_assign()
-        elif backend == "jax":
-            values = ops.cond(
-                condition,
-                lambda: compute(*grads),
-                lambda: [ops.convert_to_tensor(t) for t in targets],
-            )
-            for target, value in zip(targets, values):
-                target.assign(value)
-        else:
-            ops.cond(condition, compute_and_assign, lambda: None)
-
-    @staticmethod
-    def _cross_replica_cond_assign(strategy, predicate, compute, targets, grads):
-        """`_cond_assign` in TensorFlow's cross-replica context: `grads` hold
-        one value per replica. A collective cannot run inside a replica's
-        `cond`, so the condition is taken here; only when it holds are the
-        gradients summed across replicas (as the inner optimizer sums them)
-        and `compute` run on every device, where reads and writes of the
-        mirrored variables touch that device's copy."""
-        import tensorflow as tf
-
-        anchor = targets[0].value
-
-        def update():
-            reduced = []
-            if grads:
-                reduced = strategy.extended.batch_reduce_to(
-                    tf.distribute.ReduceOp.SUM, [(g, anchor) for g in grads]
-                )
-
-            def on_device(_, *reduced):
-                for target, value in zip(targets, compute(*reduced)):
-                    target.assign(value)
-
-            strategy.extended.update(anchor, on_device, args=tuple(reduced), group=False)
-
-        ops.cond(predicate(), update, lambda: None)
-
     def _update_masks(self, kernels_and_grads):
-        kernels_and_grads = [
-            (k, g) for k, g in kernels_and_grads if k["max_update"] > 0 and g is not None
-        ]
+        kernels_and_grads = [(k, g) for k, g in kernels_and_grads if k.max_drop > 0 and g is not None]
         if not self.method.updates_masks or not kernels_and_grads:
             return
         kernels = [k for k, _ in kernels_and_grads]
         targets = [self.last_update, self.skipped_updates]
         for k in kernels:
-            targets += [k["mask"], k["counter"], k["variable"]] + k["slots"]
+            targets += k.state
+        prunes = self.method.initial_sparsity is not None
 
         def due():
             step = ops.convert_to_tensor(self.step)
-            return ops.logical_and(
+            regular = ops.logical_and(
                 ops.equal(step % self.update_freq, 0),
-                ops.less(step, self.end_step_variable),
+                ops.logical_and(
+                    ops.greater_equal(step, self.start_step),
+                    ops.less(step, self.end_step_variable),
+                ),
             )
+            if prunes:
+                # A density schedule reaches its target at `end_step` itself.
+                return ops.logical_or(regular, ops.equal(step, self.end_step_variable))
+            return regular
 
         def compute(*grads):
             step = ops.convert_to_tensor(self.step)
@@ -495,36 +398,45 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             skipped = self.skipped_updates + ops.cast(ops.logical_not(finite), self.skipped_updates.dtype)
             values = [step, skipped]
             for number, (k, grad) in enumerate(zip(kernels, grads)):
-                old = [k["mask"], k["counter"], k["variable"]] + k["slots"]
-                old = [ops.convert_to_tensor(v) for v in old]
-                new = self._drop_and_grow(k, grad, step, fraction, elapsed, number)
+                old = [ops.convert_to_tensor(v) for v in k.state]
+                new = self._update_kernel(k, grad, step, fraction, elapsed, number)
                 values += [ops.where(finite, n, o) for n, o in zip(new, old)]
             return values
 
-        self._cond_assign(due, compute, targets, [g for _, g in kernels_and_grads])
+        control.cond_assign(due, compute, targets, [g for _, g in kernels_and_grads])
 
-    def _drop_and_grow(self, kernel, grad, step, fraction, elapsed, number):
-        mask = ops.convert_to_tensor(kernel["mask"])
-        counter = ops.convert_to_tensor(kernel["counter"]) + elapsed * mask
-        weight = ops.convert_to_tensor(kernel["variable"])
-        # A new seed at every update and for every kernel, the same on all
-        # backends.
-        seed = ops.stack(
-            [ops.cast(step, "int32"), ops.cast(self.seed % 2**20 + number, "int32")]
-        )
-        seed = _StepSeed(ops.cast(seed, keras.src.backend.random_seed_dtype()))
-        scores = self.method.grow_scores(weight, grad, counter, step, seed)
+    def _update_kernel(self, kernel, grad, step, fraction, elapsed, number):
+        """One kernel's mask update; returns its new `state`."""
+        mask = ops.convert_to_tensor(kernel.mask)
+        counter = ops.convert_to_tensor(kernel.counter) + elapsed * mask
+        weight = ops.convert_to_tensor(kernel.variable)
+        prune, budget = 0, kernel.active
+        if self.method.initial_sparsity is not None:
+            density = updates.scheduled_density(
+                step,
+                self.start_step,
+                self.end_step_variable,
+                kernel.initial_active / kernel.size,
+                kernel.active / kernel.size,
+            )
+            target = ops.clip(
+                ops.cast(ops.round(density * kernel.size), "int32"), kernel.active, kernel.initial_active
+            )
+            prune = ops.maximum(ops.cast(ops.sum(mask), "int32") - target, 0)
+            budget = ops.cast(target, "float32")
+        grow, scores = 0, None
+        if kernel.max_grow > 0:
+            grow = ops.cast(ops.ceil(fraction * budget), "int32")
+            grow = ops.minimum(grow, kernel.max_grow)
+            seed = control.step_seed(step, self.seed, number)
+            scores = self.method.grow_scores(weight, grad, counter, step, seed)
         keep = self.method.drop_scores(weight, grad)
-        count = ops.cast(ops.ceil(fraction * kernel["active"]), "int32")
-        count = ops.minimum(count, kernel["max_update"])
         new_mask, grown = updates.drop_and_grow(
-            keep, mask, scores, count, kernel["max_update"]
+            keep, mask, scores, prune + grow, kernel.max_drop, grow, kernel.max_grow
         )
-        keep = new_mask * (1.0 - grown)
-        new_slots = [
-            masked(ops.convert_to_tensor(s), keep) for s in kernel["slots"]
-        ]
-        return [new_mask, counter, masked(weight, keep)] + new_slots
+        kept = new_mask * (1.0 - grown)
+        new_slots = [masked(ops.convert_to_tensor(s), kept) for s in kernel.slots]
+        return [new_mask, counter, masked(weight, kept)] + new_slots
 
     # --- delegation to the inner optimizer -------------------------------------
 
@@ -555,28 +467,30 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         All are measured over the kernels of the budget (those `densities`
         lists, kernels kept dense by ERK included), the ones the callbacks'
         `sparsity=` refers to. `sparsity` is the fraction of positions outside
-        the masks: what was asked for. `zero_fraction` counts exact zeros, so
-        it is a little higher right after a mask update (grown weights start
-        at 0). `coverage` is the fraction of positions ever active,
-        `drop_fraction` the fraction the next mask update would replace, and
+        the masks: what was asked for (for a pruning method, where its
+        schedule has got to). `zero_fraction` counts exact zeros, so it is a
+        little higher right after a mask update (grown weights start at 0).
+        `coverage` is the fraction of positions ever active, `drop_fraction`
+        the fraction the next mask update would replace, and
         `skipped_updates` counts mask updates skipped for a non-finite
         gradient. Reads variable values: on JAX, call it through the model (a
         callback's `self.model`) so the values are in sync.
         """
         size = active = zeros = ever_active = 0
-        masks = {id(k["variable"]): k for k in self.kernels}
-        for variable, count in self.budget:
+        kernels = {id(k.variable): k for k in self.kernels}
+        for variable, _ in self.budget:
             weight = ops.convert_to_numpy(variable)
             size += weight.size
-            active += count
             zeros += int(np.sum(weight == 0))
-            kernel = masks.get(id(variable))
+            kernel = kernels.get(id(variable))
             if kernel is None:
+                active += weight.size
                 ever_active += weight.size
-            else:
-                mask = ops.convert_to_numpy(kernel["mask"])
-                counter = ops.convert_to_numpy(kernel["counter"])
-                ever_active += int(np.sum((mask > 0) | (counter > 0)))
+                continue
+            mask = ops.convert_to_numpy(kernel.mask)
+            counter = ops.convert_to_numpy(kernel.counter)
+            active += int(np.sum(mask))
+            ever_active += int(np.sum((mask > 0) | (counter > 0)))
         step = int(ops.convert_to_numpy(self.step))
         fraction = updates.drop_fraction_at(
             step + 1,
@@ -584,28 +498,27 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             int(ops.convert_to_numpy(self.end_step_variable)),
             self.drop_fraction,
         )
+        grows = self.method.updates_masks and self.method.grows
         return {
             "skipped_updates": int(ops.convert_to_numpy(self.skipped_updates)),
             "sparsity": 1.0 - active / size if size else 0.0,
             "zero_fraction": zeros / size if size else 0.0,
             "coverage": ever_active / size if size else 0.0,
-            "drop_fraction": float(ops.convert_to_numpy(fraction))
-            if self.method.updates_masks
-            else 0.0,
+            "drop_fraction": float(ops.convert_to_numpy(fraction)) if grows else 0.0,
         }
 
     # --- serialization ---------------------------------------------------------
 
     def get_config(self):
+        plain = lambda d: None if d is None else (dict(d) if hasattr(d, "items") else list(d))  # noqa: E731
         return {
             "name": self.name,
             "inner_optimizer": keras.saving.serialize_keras_object(
                 self.inner_optimizer
             ),
             # Plain types: TF wraps attributes in its own tracking containers.
-            "densities": dict(self.densities)
-            if hasattr(self.densities, "items")
-            else list(self.densities),
+            "densities": plain(self.densities),
+            "initial_densities": plain(self.initial_densities),
             "method": {"name": self.method.name, "config": self.method.get_config()},
             "update_freq": self.update_freq,
             "drop_fraction": self.drop_fraction,
@@ -624,3 +537,55 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if isinstance(method, dict):
             config["method"] = methods.get(method["name"]).from_config(method["config"])
         return cls(inner, **config)
+
+
+def _checked_densities(name, densities):
+    """`densities` as given (dict or list), each value checked."""
+    if isinstance(densities, dict):
+        densities = {str(k): v for k, v in densities.items()}
+        named = densities.items()
+    elif isinstance(densities, (list, tuple)):
+        densities = list(densities)
+        named = enumerate(densities)
+    else:
+        raise ValueError(
+            f"`{name}` must be a dict {{variable.path: density}} (as "
+            "`keras_dstee.layer_densities` returns) or a list with one "
+            f"density (or None) per trainable variable. Received: {densities!r}"
+        )
+    for key, density in named:
+        valid = density is None or (
+            isinstance(density, numbers.Real) and not isinstance(density, bool) and 0 < density <= 1
+        )
+        if not valid:
+            raise ValueError(
+                f"The density of {key!r} in `{name}` must be a number "
+                f"in (0, 1], or None. Received: {density!r}"
+            )
+    return densities
+
+
+def _by_position(name, densities, var_list):
+    """One density per trainable variable, None for those outside the budget.
+    Saved in this form: variable paths can change when a model is loaded,
+    positions don't."""
+    if isinstance(densities, list):
+        if len(densities) != len(var_list):
+            raise ValueError(
+                f"`{name}` has {len(densities)} entries but the model trains "
+                f"{len(var_list)} variables."
+            )
+        # Files from 0.1 list 1.0 for every variable outside the budget;
+        # biases and other 1-D weights are never part of it.
+        return [
+            None if d is None or (d == 1 and len(v.shape) < 2) else float(d)
+            for v, d in zip(var_list, densities)
+        ]
+    paths = [v.path for v in var_list]
+    unknown = sorted(set(densities) - set(paths))
+    if unknown:
+        raise ValueError(
+            f"`{name}` names variables the model does not train: {unknown}. "
+            f"Trainable variables: {sorted(paths)}"
+        )
+    return [None if densities.get(p) is None else float(densities[p]) for p in paths]

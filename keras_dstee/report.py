@@ -111,7 +111,8 @@ def summary(model, input_shape=None, print_fn=None):
     optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))
     active = {}
     if optimizer is not None and optimizer.built:
-        active = {id(k["variable"]): k["active"] for k in optimizer.kernels}
+        # What the masks allow now (a pruning method's budget shrinks).
+        active = {id(k.variable): int(np.sum(keras.ops.convert_to_numpy(k.mask))) for k in optimizer.kernels}
     layers = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         weights = layer_prunable_weights(layer, include_embeddings=True)

@@ -40,41 +40,57 @@ def grow_scores(grad, counter, step, exploration, epsilon, normalize=True):
     return magnitude + exploration * bonus
 
 
-def drop_and_grow(keep_scores, mask, scores, num_update, max_update):
-    """One drop-and-grow on a single kernel.
+def scheduled_density(step, start_step, end_step, initial, final):
+    """Gradual pruning's cubic schedule (Zhu & Gupta, 2017) in densities:
+    `final + (initial - final) * (1 - progress)**3`, `initial` at
+    `start_step`, `final` at `end_step` and after it."""
+    step = ops.cast(step, "float32")
+    start = ops.cast(start_step, "float32")
+    end = ops.cast(end_step, "float32")
+    progress = ops.clip((step - start) / ops.maximum(end - start, 1.0), 0.0, 1.0)
+    return final + (initial - final) * (1.0 - progress) ** 3
 
-    Drops the `num_update` active positions with the lowest `keep_scores`
-    (e.g. the weight magnitudes), then activates the `num_update` inactive
-    positions (just-dropped ones included) with the highest `scores`. The
-    number of active positions is unchanged.
+
+def drop_and_grow(keep_scores, mask, scores, num_drop, max_drop, num_grow=None, max_grow=None):
+    """One mask update on a single kernel.
+
+    Drops the `num_drop` active positions with the lowest `keep_scores`
+    (e.g. the weight magnitudes), then activates the `num_grow` inactive
+    positions (just-dropped ones included) with the highest `scores`. With
+    `num_grow` left out it equals `num_drop`, and the number of active
+    positions is unchanged.
 
     Args:
         keep_scores: drop scores, any shape (lower is dropped first).
         mask: float 0/1 tensor of the same shape.
-        scores: grow scores of the same shape (higher grows first).
-        num_update: scalar int tensor, how many to drop and grow; at most
-            `max_update`.
-        max_update: Python int, the static bound `top_k` needs.
+        scores: grow scores of the same shape (higher grows first); unused
+            when `max_grow` is 0.
+        num_drop: scalar int tensor, how many to drop; at most `max_drop`.
+        max_drop: Python int, the static bound `top_k` needs.
+        num_grow, max_grow: the same for growing.
 
     Returns:
         `(new_mask, grown)`: the new 0/1 mask and the 0/1 indicator of the
         positions that became active (their weights and slots start at 0).
     """
+    if num_grow is None:
+        num_grow, max_grow = num_drop, max_drop
     shape = ops.shape(mask)
     mask = ops.reshape(ops.cast(mask, "float32"), (-1,))
     keep = ops.reshape(ops.cast(keep_scores, "float32"), (-1,))
-    scores = ops.reshape(ops.cast(scores, "float32"), (-1,))
-    in_first_k = ops.arange(max_update) < num_update
 
     # Drop: the lowest active keep scores (inactive positions rank last).
     inf = ops.convert_to_tensor(float("inf"))
-    _, drop_index = ops.top_k(-ops.where(mask > 0, keep, inf), max_update)
-    drop_value = ops.where(in_first_k, 0.0, ops.take(mask, drop_index))
+    _, drop_index = ops.top_k(-ops.where(mask > 0, keep, inf), max_drop)
+    drop_value = ops.where(ops.arange(max_drop) < num_drop, 0.0, ops.take(mask, drop_index))
     dropped = ops.scatter_update(mask, drop_index[:, None], drop_value)
+    if max_grow == 0:
+        return ops.reshape(dropped, shape), ops.zeros(shape)
 
     # Grow: the best-scoring positions that are inactive after the drop.
-    _, grow_index = ops.top_k(ops.where(dropped > 0, -inf, scores), max_update)
-    grow_value = ops.where(in_first_k, 1.0, ops.take(dropped, grow_index))
+    scores = ops.reshape(ops.cast(scores, "float32"), (-1,))
+    _, grow_index = ops.top_k(ops.where(dropped > 0, -inf, scores), max_grow)
+    grow_value = ops.where(ops.arange(max_grow) < num_grow, 1.0, ops.take(dropped, grow_index))
     new_mask = ops.scatter_update(dropped, grow_index[:, None], grow_value)
 
     grown = new_mask * (1.0 - dropped)

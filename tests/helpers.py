@@ -38,7 +38,7 @@ def sparse_optimizer(model):
 
 
 def masks(model):
-    return [to_numpy(k["mask"]) for k in sparse_optimizer(model).kernels]
+    return [to_numpy(k.mask) for k in sparse_optimizer(model).kernels]
 
 
 class EveryStep(keras.callbacks.Callback):
@@ -56,9 +56,9 @@ class EveryStep(keras.callbacks.Callback):
 def assert_budget(model):
     """Exact budget: `active` ones in each mask, zeros outside it."""
     for k in sparse_optimizer(model).kernels:
-        mask = to_numpy(k["mask"])
-        weight = to_numpy(k["variable"])
+        mask = to_numpy(k.mask)
+        weight = to_numpy(k.variable)
         assert set(np.unique(mask)) <= {0.0, 1.0}
-        assert int(mask.sum()) == k["active"], k["variable"].path
-        assert np.count_nonzero(weight[mask == 0]) == 0, k["variable"].path
-        assert np.count_nonzero(weight) <= k["active"]
+        assert int(mask.sum()) == k.active, k.variable.path
+        assert np.count_nonzero(weight[mask == 0]) == 0, k.variable.path
+        assert np.count_nonzero(weight) <= k.active

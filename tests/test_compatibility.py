@@ -52,7 +52,7 @@ def test_a_0_1_checkpoint_resumes_as_0_1_did():
 
 def _saved_mask(index):
     model = keras.saving.load_model(v0_1.CHECKPOINT)
-    return keras.ops.convert_to_numpy(model.optimizer.kernels[index]["mask"])
+    return keras.ops.convert_to_numpy(model.optimizer.kernels[index].mask)
 
 
 @pytest.fixture(autouse=True)

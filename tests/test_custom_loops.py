@@ -36,12 +36,12 @@ def _batches(data):
 
 
 def _masks(optimizer):
-    return [to_numpy(k["mask"]).copy() for k in optimizer.kernels]
+    return [to_numpy(k.mask).copy() for k in optimizer.kernels]
 
 
 def _check(model, optimizer, first_masks):
     assert int(to_numpy(optimizer.step)) == STEPS
-    changed = [not np.array_equal(a, to_numpy(k["mask"])) for a, k in zip(first_masks, optimizer.kernels)]
+    changed = [not np.array_equal(a, to_numpy(k.mask)) for a, k in zip(first_masks, optimizer.kernels)]
     assert any(changed)
     # The model reads its optimizer through `model.optimizer` in the budget check.
     model.optimizer = optimizer

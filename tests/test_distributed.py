@@ -38,19 +38,19 @@ model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
           callbacks=[keras_dstee.DSTEE(sparsity=0.8, distribution="uniform", update_freq=2, seed=0)])
 out = {"devices": len(jax.devices()), "kernels": []}
 for k in model.optimizer.kernels:
-    mask = k["mask"].value
+    mask = k.mask.value
     shards = [np.asarray(s.data) for s in mask.addressable_shards]
-    weight = np.asarray(k["variable"].value)
+    weight = np.asarray(k.variable.value)
     out["kernels"].append({
-        "path": k["variable"].path,
-        "active": k["active"],
+        "path": k.variable.path,
+        "active": k.active,
         "mask_sum": int(np.asarray(mask).sum()),
         "zeros_outside": bool((weight[np.asarray(mask) == 0] == 0).all()),
         "mask": np.flatnonzero(np.asarray(mask)).tolist(),
         "replicas_equal": all(s.shape == shards[0].shape and (s == shards[0]).all() for s in shards),
-        "kernel_spec": str(getattr(k["variable"].value.sharding, "spec", None)),
+        "kernel_spec": str(getattr(k.variable.value.sharding, "spec", None)),
         "mask_spec": str(getattr(mask.sharding, "spec", None)),
-        "counter_spec": str(getattr(k["counter"].value.sharding, "spec", None)),
+        "counter_spec": str(getattr(k.counter.value.sharding, "spec", None)),
     })
 print("RESULT " + json.dumps(out))
 """
@@ -83,7 +83,7 @@ def test_jax_model_parallel_shards_masks_like_kernels():
     assert "model" in wide["kernel_spec"]
     assert wide["mask_spec"] == wide["counter_spec"] == wide["kernel_spec"]
     for kernel in result["kernels"]:
-        assert kernel["mask_sum"] == kernel["active"] and kernel["zeros_outside"]
+        assert kernel["mask_sum"] == kernel.active and kernel["zeros_outside"]
 
 
 # Runs in a fresh process: logical devices are fixed before TF starts.
@@ -124,7 +124,7 @@ def copies(variable):  # one array per replica
 class InitialMasks(keras.callbacks.Callback):  # runs after DSTEE has installed
     def on_train_begin(self, logs=None):
         sparse = keras_dstee.optimizer.find_sparse_optimizer(self.model.optimizer)
-        self.masks = [copies(k["mask"])[0] for k in sparse.kernels]
+        self.masks = [copies(k.mask)[0] for k in sparse.kernels]
 
 initial = InitialMasks()
 callback = keras_dstee.DSTEE(sparsity=0.8, distribution="uniform", update_freq=2, seed=0)
@@ -138,9 +138,9 @@ except ValueError as error:
     sys.exit()
 out = {"replicas": model.distribute_strategy.num_replicas_in_sync, "kernels": []}
 for k, start in zip(keras_dstee.optimizer.find_sparse_optimizer(model.optimizer).kernels, initial.masks):
-    masks, weights = copies(k["mask"]), copies(k["variable"])
+    masks, weights = copies(k.mask), copies(k.variable)
     out["kernels"].append({
-        "active": k["active"],
+        "active": k.active,
         "mask_sums": [int(m.sum()) for m in masks],
         "zeros_outside": all(bool((w[m == 0] == 0).all()) for w, m in zip(weights, masks)),
         "replicas_equal": all((m == masks[0]).all() for m in masks)

@@ -54,7 +54,7 @@ def test_layer_trains_sparse(name):
     x, y = _data(input_shape)
     # Uniform: every kernel, however small, is sparse.
     model = _fit(model, x, y, keras_dstee.DSTEE(sparsity=0.7, distribution="uniform", update_freq=2, seed=0))
-    sparse = {id(k["variable"]) for k in model.optimizer.kernels}
+    sparse = {id(k.variable) for k in model.optimizer.kernels}
     own = [v for v in layer.trainable_variables if len(v.shape) >= 2]
     assert len(own) == count
     assert all(id(v) in sparse for v in own)
@@ -69,7 +69,7 @@ def test_multi_head_attention():
     model = keras.Model(inputs, outputs)
     x, y = _data((6, 16))
     model = _fit(model, x, y, keras_dstee.DSTEE(sparsity=0.8, update_freq=2, seed=0))
-    paths = {k["variable"].path for k in model.optimizer.kernels}
+    paths = {k.variable.path for k in model.optimizer.kernels}
     for part in ("query", "key", "value", "attention_output"):
         assert f"mha/{part}/kernel" in paths
 
@@ -83,7 +83,7 @@ def test_embedding_is_opt_in(include):
     callback = keras_dstee.DSTEE(sparsity=0.8, distribution="uniform", update_freq=2, seed=0,
                                  include_embeddings=include)
     model = _fit(model, x, y, callback)
-    sparse = {id(k["variable"]) for k in model.optimizer.kernels}
+    sparse = {id(k.variable) for k in model.optimizer.kernels}
     assert (id(embedding.embeddings) in sparse) == include
 
 
@@ -107,7 +107,7 @@ def test_custom_layer_protocol():
     model = keras.Sequential([keras.Input((12,)), layer, L.Dense(3)])
     x, y = _data((12,))
     model = _fit(model, x, y, keras_dstee.DSTEE(sparsity=0.8, distribution="uniform", update_freq=2, seed=0))
-    sparse = {id(k["variable"]) for k in model.optimizer.kernels}
+    sparse = {id(k.variable) for k in model.optimizer.kernels}
     assert id(layer.w) in sparse and id(layer.scale) not in sparse
 
 
@@ -122,7 +122,7 @@ def test_shared_layer_has_one_mask():
     x = [rng.normal(size=(48, 12)).astype("float32") for _ in range(2)]
     y = rng.integers(0, 3, size=48)
     model = _fit(model, x, y, keras_dstee.DSTEE(sparsity=0.8, distribution="uniform", update_freq=2, seed=0))
-    assert [k["variable"].path for k in model.optimizer.kernels].count(shared.kernel.path) == 1
+    assert [k.variable.path for k in model.optimizer.kernels].count(shared.kernel.path) == 1
     report = keras_dstee.summary(model, print_fn=lambda line: None)
     row = next(r for r in report["kernels"] if r["path"] == shared.kernel.path)
     assert row["flops_dense"] == 2 * 12 * 16  # counted for both calls
@@ -155,7 +155,7 @@ def test_subclassed_and_nested_models():
     head = L.Dense(3)
     outer = keras.Model(inputs, head(inner(inputs)))
     outer = _fit(outer, x, y, keras_dstee.DSTEE(sparsity=0.8, distribution="uniform", update_freq=2, seed=0))
-    sparse = [id(k["variable"]) for k in outer.optimizer.kernels]
+    sparse = [id(k.variable) for k in outer.optimizer.kernels]
     assert sorted(sparse) == sorted([id(conv.kernel), id(head.kernel)])
 
 

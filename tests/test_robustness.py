@@ -50,9 +50,9 @@ def test_mixed_precision(policy, tmp_path):
         optimizer = optimizer.inner_optimizer
     assert isinstance(optimizer, keras_dstee.SparseOptimizer)
     for kernel in optimizer.kernels:
-        assert kernel["variable"].dtype == "float32"
-        assert kernel["mask"].dtype == kernel["counter"].dtype == "float32"
-        assert np.isfinite(to_numpy(kernel["mask"])).all()
+        assert kernel.variable.dtype == "float32"
+        assert kernel.mask.dtype == kernel.counter.dtype == "float32"
+        assert np.isfinite(to_numpy(kernel.mask)).all()
     assert any((a != b).any() for a, b in zip(history[0], history[-1]))
     path = str(tmp_path / "mixed.keras")
     model.save(path)
@@ -78,9 +78,9 @@ def test_loss_scale_optimizer_in_either_order(policy, order):
     assert isinstance(sparse, keras_dstee.SparseOptimizer) and sparse.inner_optimizer is sgd
     assert int(to_numpy(sparse.last_update)) == 10  # masks were updated
     for kernel in sparse.kernels:
-        mask = to_numpy(kernel["mask"])
-        assert int(mask.sum()) == kernel["active"]
-        assert (to_numpy(kernel["variable"])[mask == 0] == 0).all()
+        mask = to_numpy(kernel.mask)
+        assert int(mask.sum()) == kernel.active
+        assert (to_numpy(kernel.variable)[mask == 0] == 0).all()
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
@@ -106,9 +106,9 @@ def test_nan_gradient_at_an_update_step_is_skipped():
 
     def check(model, batch):
         for kernel in model.optimizer.kernels:
-            weight = to_numpy(kernel["variable"])
-            mask = to_numpy(kernel["mask"])
-            assert int(mask.sum()) == kernel["active"]
+            weight = to_numpy(kernel.variable)
+            mask = to_numpy(kernel.mask)
+            assert int(mask.sum()) == kernel.active
             assert (weight[mask == 0] == 0).all()  # exactly 0, not NaN
         history.append(masks(model))
 
@@ -129,7 +129,7 @@ def test_extreme_sparsity_keeps_one_weight_per_kernel(data):
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0,
                         callbacks=[keras_dstee.DSTEE(sparsity=0.999, distribution="uniform", update_freq=2, seed=0)])
     for kernel in model.optimizer.kernels:
-        assert kernel["active"] >= 1
+        assert kernel.active >= 1
     assert_budget(model)
     assert np.isfinite(history.history["loss"]).all()
 

@@ -43,8 +43,8 @@ class StopAfter(keras.callbacks.Callback):
 
 def _assert_same_state(a, b):
     for x, y in zip(a.optimizer.kernels, b.optimizer.kernels):
-        np.testing.assert_array_equal(to_numpy(x["mask"]), to_numpy(y["mask"]))
-        np.testing.assert_array_equal(to_numpy(x["counter"]), to_numpy(y["counter"]))
+        np.testing.assert_array_equal(to_numpy(x.mask), to_numpy(y.mask))
+        np.testing.assert_array_equal(to_numpy(x.counter), to_numpy(y.counter))
     for x, y in zip(a.weights, b.weights):
         np.testing.assert_array_equal(to_numpy(x), to_numpy(y))
 
@@ -70,7 +70,7 @@ def test_save_and_load_keep_the_sparse_state(data, tmp_path):
     assert int(to_numpy(loaded.optimizer.step)) == 8
     assert_budget(loaded)
     for kernel in loaded.optimizer.kernels:
-        assert kernel["variable"].constraint is not None
+        assert kernel.variable.constraint is not None
     np.testing.assert_allclose(
         to_numpy(loaded(data[0][:4])), to_numpy(model(data[0][:4])), atol=1e-6
     )

@@ -58,9 +58,9 @@ def test_optimizer_slots_are_zero_where_inactive(data, optimizer):
 
     def check(model, batch):
         for k in model.optimizer.kernels:
-            mask = to_numpy(k["mask"])
-            assert len(k["slots"]) == (1 if optimizer.startswith("sgd") else 2)
-            for slot in k["slots"]:
+            mask = to_numpy(k.mask)
+            assert len(k.slots) == (1 if optimizer.startswith("sgd") else 2)
+            for slot in k.slots:
                 assert np.count_nonzero(to_numpy(slot)[mask == 0]) == 0, slot.path
         checked.append(batch)
 
@@ -86,14 +86,14 @@ def test_rigl_is_dstee_without_exploration(data):
     rigl = _train(keras_dstee.RigL(sparsity=0.9, update_freq=2, seed=5), data)
     dstee = _train(keras_dstee.DSTEE(sparsity=0.9, update_freq=2, exploration=0.0, seed=5), data)
     for a, b in zip(rigl.optimizer.kernels, dstee.optimizer.kernels):
-        np.testing.assert_array_equal(to_numpy(a["mask"]), to_numpy(b["mask"]))
-        np.testing.assert_array_equal(to_numpy(a["variable"]), to_numpy(b["variable"]))
+        np.testing.assert_array_equal(to_numpy(a.mask), to_numpy(b.mask))
+        np.testing.assert_array_equal(to_numpy(a.variable), to_numpy(b.variable))
     for a, b in zip(rigl.weights, dstee.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     # And the masks did move away from the initial random ones.
     static = _train(keras_dstee.Static(sparsity=0.9, seed=5), data)
     assert any(
-        (to_numpy(a["mask"]) != to_numpy(b["mask"])).any()
+        (to_numpy(a.mask) != to_numpy(b.mask)).any()
         for a, b in zip(rigl.optimizer.kernels, static.optimizer.kernels)
     )
 
@@ -146,10 +146,10 @@ def test_initial_weights_are_masked_and_rescaled(data, rescale):
     model.fit(*data, epochs=1, steps_per_epoch=1, verbose=0, callbacks=[callback])
     assert len(model.optimizer.kernels) == 4
     for kernel in model.optimizer.kernels:
-        mask = to_numpy(kernel["mask"])
-        scale = 1 / np.sqrt(kernel["density"]) if rescale else 1.0
-        expected = dense[kernel["index"]] * mask * scale
-        np.testing.assert_allclose(to_numpy(kernel["variable"]), expected, rtol=1e-6)
+        mask = to_numpy(kernel.mask)
+        scale = 1 / np.sqrt((kernel.initial_active / kernel.size)) if rescale else 1.0
+        expected = dense[kernel.index] * mask * scale
+        np.testing.assert_allclose(to_numpy(kernel.variable), expected, rtol=1e-6)
 
 
 def test_fit_twice_continues(data):
@@ -172,7 +172,7 @@ def test_fit_twice_continues(data):
         np.testing.assert_array_equal(before, to_numpy(variable))
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[callback])
     assert int(to_numpy(optimizer.step)) == 16
-    counters = [to_numpy(k["counter"]) for k in optimizer.kernels]
+    counters = [to_numpy(k.counter) for k in optimizer.kernels]
     assert max(c.max() for c in counters) >= 8  # counted across both fits
     assert_budget(model)
 
@@ -212,8 +212,8 @@ def test_sparse_optimizer_compiled_directly(data, jit_compile):
     assert len(checks) == 8
     # Masked and rescaled once, inside the first step (learning rate 0).
     for kernel in optimizer.kernels:
-        expected = dense[kernel["index"]] * to_numpy(kernel["mask"]) / np.sqrt(kernel["density"])
-        np.testing.assert_allclose(to_numpy(kernel["variable"]), expected, rtol=1e-6)
+        expected = dense[kernel.index] * to_numpy(kernel.mask) / np.sqrt((kernel.initial_active / kernel.size))
+        np.testing.assert_allclose(to_numpy(kernel.variable), expected, rtol=1e-6)
 
 
 def test_sparse_optimizer_needs_end_step(data):

@@ -25,7 +25,7 @@ def _weights(model):
 
 
 def _sparse_paths(model):
-    return sorted(k["variable"].path for k in sparse_optimizer(model).kernels)
+    return sorted(k.variable.path for k in sparse_optimizer(model).kernels)
 
 
 @pytest.mark.parametrize(

@@ -45,8 +45,10 @@ def state(model):
     optimizer = model.optimizer
     arrays = {"step": keras.ops.convert_to_numpy(optimizer.step)}
     for i, k in enumerate(optimizer.kernels):
-        arrays[f"mask_{i}"] = keras.ops.convert_to_numpy(k["mask"])
-        arrays[f"counter_{i}"] = keras.ops.convert_to_numpy(k["counter"])
+        # 0.1 kept a kernel's state in a dict, later releases in a record.
+        field = (lambda name, k=k: k[name]) if isinstance(k, dict) else (lambda name, k=k: getattr(k, name))
+        arrays[f"mask_{i}"] = keras.ops.convert_to_numpy(field("mask"))
+        arrays[f"counter_{i}"] = keras.ops.convert_to_numpy(field("counter"))
     for i, w in enumerate(model.weights):
         arrays[f"weight_{i}"] = keras.ops.convert_to_numpy(w)
     return arrays
