@@ -67,9 +67,9 @@ class SparseTraining(keras.callbacks.Callback):
             `keras_dstee.methods.Method` (instance or subclass).
         **method_settings: the method's own settings when `method` is a name
             or a class, e.g. `exploration=2.0` for `"dstee"`.
-        sparsity, distribution, update_freq, drop_fraction, end, end_step,
-        rescale, seed, exclude, include_embeddings, dense_first, dense_last:
-            as for `DSTEE`.
+        sparsity, distribution, update_freq, drop_fraction, begin, end,
+        end_step, rescale, seed, exclude, include_embeddings, dense_first,
+        dense_last, erk_power_scale, reset_regrown: as for `DSTEE`.
     """
 
     def __init__(
@@ -88,6 +88,8 @@ class SparseTraining(keras.callbacks.Callback):
         include_embeddings=False,
         dense_first=False,
         dense_last=False,
+        erk_power_scale=1.0,
+        reset_regrown=True,
         **method_settings,
     ):
         super().__init__()
@@ -116,6 +118,8 @@ class SparseTraining(keras.callbacks.Callback):
         self.include_embeddings = arguments.boolean("include_embeddings", include_embeddings)
         self.dense_first = arguments.boolean("dense_first", dense_first)
         self.dense_last = arguments.boolean("dense_last", dense_last)
+        self.erk_power_scale = arguments.number("erk_power_scale", erk_power_scale, 0, math.inf, high_open=True)
+        self.reset_regrown = arguments.boolean("reset_regrown", reset_regrown)
         self.optimizer = None
         self._model_id = None
         self._schedule = None
@@ -200,6 +204,7 @@ class SparseTraining(keras.callbacks.Callback):
             include_embeddings=self.include_embeddings,
             dense_first=self.dense_first,
             dense_last=self.dense_last,
+            erk_power_scale=self.erk_power_scale,
         )
 
     def _warn_if_settings_differ(self, model, existing):
@@ -207,7 +212,11 @@ class SparseTraining(keras.callbacks.Callback):
         user hears about every setting of this callback that is not used."""
         wanted = dict(method=self.method)
         if self.method.updates_masks:
-            wanted.update(update_freq=self.update_freq, drop_fraction=self.drop_fraction)
+            wanted.update(
+                update_freq=self.update_freq,
+                drop_fraction=self.drop_fraction,
+                reset_regrown=self.reset_regrown,
+            )
         if self.seed is not None:
             wanted["seed"] = self.seed
         differ = [
@@ -255,6 +264,7 @@ class SparseTraining(keras.callbacks.Callback):
                 drop_fraction=self.drop_fraction,
                 end_step=self._schedule[1],
                 initial_densities=initial,
+                reset_regrown=self.reset_regrown,
                 rescale=self.rescale,
                 seed=self.seed,
             )
@@ -362,6 +372,13 @@ class DSTEE(SparseTraining):
         include_embeddings: whether `Embedding` tables are pruned too.
         dense_first: keep the first prunable layer (the stem) dense.
         dense_last: keep the last prunable layer (the classifier) dense.
+        erk_power_scale: with `"erk"`, the power of each kernel's raw ERK
+            density (RigL's knob): 1.0 is ERK, 0.0 uniform.
+        reset_regrown: a weight dropped and regrown in the same update
+            restarts at 0 with zeroed optimizer slots (default; RigL's
+            `reinit_when_same=True`, sparsimony); False keeps its value and
+            slots (RigL's default, JaxPruner).
+        begin: fraction of the run before mask updates start, in [0, end).
     """
 
     def __init__(self, sparsity=0.9, **kwargs):

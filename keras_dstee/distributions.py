@@ -7,17 +7,18 @@ from keras_dstee import arguments
 DISTRIBUTIONS = ("erk", "er", "uniform")
 
 
-def _raw_density(shape, distribution):
+def _raw_density(shape, distribution, erk_power_scale=1.0):
     """The unnormalised density ER/ERK give a kernel of `shape`."""
     if distribution == "erk":
-        # Erdos-Renyi-Kernel: every dimension counts (kernel size too).
-        return sum(shape) / math.prod(shape)
+        # Erdos-Renyi-Kernel: every dimension counts (kernel size too). The
+        # power is RigL's knob: 1 is ERK, 0 makes every layer alike.
+        return (sum(shape) / math.prod(shape)) ** erk_power_scale
     # Erdos-Renyi: fan-in and fan-out only.
     fan_in, fan_out = shape[-2], shape[-1]
     return (fan_in + fan_out) / (fan_in * fan_out)
 
 
-def kernel_densities(shapes, sparsity, distribution="erk"):
+def kernel_densities(shapes, sparsity, distribution="erk", erk_power_scale=1.0):
     """Densities (fraction of weights kept) for kernels of the given shapes.
 
     The number of kept weights over all kernels is `(1 - sparsity)` of their
@@ -29,6 +30,8 @@ def kernel_densities(shapes, sparsity, distribution="erk"):
         shapes: list of kernel shapes (tuples of ints).
         sparsity: float in [0, 1), the global fraction of zeros.
         distribution: `"erk"`, `"er"` or `"uniform"`.
+        erk_power_scale: ERK's raw density `(sum(shape) / size)` is raised
+            to this power (RigL's `erk_power_scale`): 1.0 is ERK, 0.0 uniform.
 
     Returns:
         A list of floats in (0, 1], one per shape.
@@ -42,7 +45,7 @@ def kernel_densities(shapes, sparsity, distribution="erk"):
     if distribution == "uniform" or sparsity == 0:
         return [density] * len(shapes)
     sizes = [math.prod(s) for s in shapes]
-    raw = [_raw_density(s, distribution) for s in shapes]
+    raw = [_raw_density(s, distribution, erk_power_scale) for s in shapes]
     dense = set()
     while True:
         # Solve sum_l min(1, scale * raw_l) * size_l = density * sum_l size_l.
@@ -73,6 +76,7 @@ def layer_densities(
     include_embeddings=False,
     dense_first=False,
     dense_last=False,
+    erk_power_scale=1.0,
 ):
     """The density of every prunable kernel of `model`, by variable path.
 
@@ -88,6 +92,8 @@ def layer_densities(
         include_embeddings: whether `Embedding` tables are pruned too.
         dense_first: keep the first prunable layer (e.g. the stem conv) dense.
         dense_last: keep the last prunable layer (e.g. the classifier) dense.
+        erk_power_scale: with `"erk"`, the power of each kernel's raw
+            density (RigL's knob): 1.0 is ERK, 0.0 uniform.
 
     Returns:
         A dict `{variable.path: density}` to give to `SparseOptimizer`.
@@ -108,7 +114,7 @@ def layer_densities(
         densities = _mapped_densities(model, pairs, distribution)
     else:
         shapes = [tuple(v.shape) for _, v in pairs]
-        densities = kernel_densities(shapes, sparsity, distribution)
+        densities = kernel_densities(shapes, sparsity, distribution, erk_power_scale)
     result = {v.path: d for (_, v), d in zip(pairs, densities) if d is not None}
     if not result or (isinstance(distribution, dict) and all(d == 1 for d in result.values())):
         raise ValueError(

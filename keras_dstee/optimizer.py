@@ -143,6 +143,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             densities at the start of the schedule, in the form of
             `densities`; by default every kernel starts at
             `1 - method.initial_sparsity` (never below its final density).
+        reset_regrown: a weight dropped and regrown in the same update
+            restarts at 0 with zeroed slots, like every grown weight; False
+            keeps its value and slots.
         rescale: whether kept weights are multiplied by `1 / sqrt(density)`
             on the first step.
         seed: int seeding the initial masks (and random growth).
@@ -158,6 +161,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         drop_fraction=0.3,
         end_step=None,
         initial_densities=None,
+        reset_regrown=True,
         rescale=True,
         seed=None,
         name=None,
@@ -194,6 +198,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         )
         self.drop_fraction = arguments.number("drop_fraction", drop_fraction, 0, 1)
         self.end_step = arguments.optional_integer("end_step", end_step, 1)
+        self.reset_regrown = arguments.boolean("reset_regrown", reset_regrown)
         self.rescale = arguments.boolean("rescale", rescale)
         seed = arguments.seed(seed)
         self.seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
@@ -434,6 +439,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         new_mask, grown = updates.drop_and_grow(
             keep, mask, scores, prune + grow, kernel.max_drop, grow, kernel.max_grow
         )
+        if not self.reset_regrown:
+            grown = grown * (1.0 - mask)  # only positions new to the mask
         kept = new_mask * (1.0 - grown)
         new_slots = [masked(ops.convert_to_tensor(s), kept) for s in kernel.slots]
         return [new_mask, counter, masked(weight, kept)] + new_slots
@@ -523,6 +530,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "update_freq": self.update_freq,
             "drop_fraction": self.drop_fraction,
             "end_step": self.end_step,
+            "reset_regrown": self.reset_regrown,
             "rescale": self.rescale,
             "seed": self.seed,
         }

@@ -30,6 +30,21 @@ def test_erk_matches_formula_and_budget(sparsity):
     assert abs(kept - target) <= len(SHAPES)
 
 
+@pytest.mark.parametrize("power", [0.0, 0.5, 2.0])
+def test_erk_power_scale(power):
+    densities = kernel_densities(SHAPES, 0.9, "erk", erk_power_scale=power)
+    sizes = [math.prod(s) for s in SHAPES]
+    # RigL's form: raw densities (sum(shape) / size) ** power, one scale.
+    raw = [(sum(s) / math.prod(s)) ** power for s in SHAPES]
+    sparse = [i for i, d in enumerate(densities) if d < 1]
+    scales = {round(densities[i] / raw[i], 12) for i in sparse}
+    assert len(scales) == 1
+    assert sum(d * n for d, n in zip(densities, sizes)) == pytest.approx(0.1 * sum(sizes))
+    if power == 0.0:
+        assert densities == pytest.approx(kernel_densities(SHAPES, 0.9, "uniform"))
+    assert kernel_densities(SHAPES, 0.9, "erk", erk_power_scale=1.0) == kernel_densities(SHAPES, 0.9, "erk")
+
+
 def test_erk_makes_small_layer_dense_and_resolves():
     densities = kernel_densities(SHAPES, 0.5, "erk")
     assert densities[0] == 1.0  # the 3x3x3x64 stem

@@ -74,3 +74,28 @@ def test_registry():
         methods.get(methods.DSTEE(), exploration=1.0)
     with pytest.raises(ValueError, match="exploration"):
         methods.DSTEE(exploration=-1)
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "keep"])
+def test_a_weight_dropped_and_regrown_in_one_update(reset):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, use_bias=False)])
+    kernel = model.trainable_variables[0]
+    optimizer = keras_dstee.SparseOptimizer(
+        keras.optimizers.SGD(0.0), {kernel.path: 0.5}, method="rigl", update_freq=1,
+        end_step=10, drop_fraction=0.1, reset_regrown=reset, seed=0,
+    )
+    optimizer.build(model.trainable_variables)
+    optimizer.install()
+    before = keras.ops.convert_to_numpy(kernel).copy()
+    mask = keras.ops.convert_to_numpy(optimizer.kernels[0].mask)
+    # The smallest active weight is dropped first; the only nonzero gradient
+    # makes it the first to grow back.
+    weakest = np.argmin(np.where(mask > 0, np.abs(before), np.inf))
+    grad = np.zeros(64, "float32")
+    grad[weakest] = 1.0
+    optimizer.apply([keras.ops.convert_to_tensor(grad.reshape(8, 8))], model.trainable_variables)
+    after = keras.ops.convert_to_numpy(kernel).reshape(-1)
+    assert keras.ops.convert_to_numpy(optimizer.kernels[0].mask).reshape(-1)[weakest] == 1
+    assert before.reshape(-1)[weakest] != 0
+    assert after[weakest] == (0.0 if reset else before.reshape(-1)[weakest])

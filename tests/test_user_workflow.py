@@ -66,6 +66,9 @@ def test_exclude_takes_one_value_like_a_list(data, one, many):
         ({"distribution": {3: 0.5}}, "distribution"),
         ({"epsilon": -1}, "epsilon"),
         ({"normalize_gradients": "x"}, "normalize_gradients"),
+        ({"erk_power_scale": -1}, "erk_power_scale"),
+        ({"reset_regrown": "no"}, "reset_regrown"),
+        ({"begin": 0.8}, "begin"),
     ],
 )
 def test_callback_arguments_are_checked_at_construction(kwargs, name):
