@@ -297,9 +297,7 @@ class SparseTraining(keras.callbacks.Callback):
         step = int(keras.ops.convert_to_numpy(self.optimizer.step))
         run_start = step - epoch * (steps or 0)
         begin, end = self._schedule
-        self.optimizer.start_step.assign(run_start + begin)
-        self.optimizer.end_step_variable.assign(run_start + end)
-        self.optimizer.end_step = run_start + end
+        self.optimizer.set_schedule(run_start + begin, run_start + end)
 
     def on_epoch_end(self, epoch, logs=None):
         # `self.model` syncs the JAX state before the variables are read.

@@ -233,6 +233,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.skipped_updates = self._scalar("skipped_updates", 0)
         # Until `install()` runs eagerly, the step itself checks `installed`.
         self._install_pending = True
+        self._host_clock = None
+        self._host_ticked = False
         self.kernels = []
         # The kernels `densities` covers, the dense ones too, with their
         # final number of active positions: what the logged `sparsity` is
@@ -315,6 +317,44 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def variables(self):
         return self._variables + self.inner_optimizer.variables
 
+    def set_schedule(self, start_step, end_step):
+        """Mask updates run from optimizer step `start_step` until before
+        `end_step` (a pruning method's last one at `end_step`)."""
+        self.start_step.assign(start_step)
+        self.end_step_variable.assign(end_step)
+        self.end_step = int(end_step)
+        self._host_clock = None
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._host_clock = None
+
+    def _tick_host_clock(self):
+        """Counts the step on the host too, in eager torch. The clock is read
+        from the device once, when a fit starts or after a load; a step that
+        did not tick it (traced by torch.compile) reads the device."""
+        ticked = self._eager_torch()
+        if ticked:
+            if self._host_clock is None:
+                self._host_clock = [
+                    int(ops.convert_to_numpy(v)) for v in (self.step, self.start_step, self.end_step_variable)
+                ]
+            else:
+                self._host_clock[0] += 1
+        else:
+            self._host_clock = None
+        self._host_ticked = ticked
+
+    def _eager_torch(self):
+        """Whether steps run eagerly on torch, where the host can keep the
+        step count itself instead of reading it from the device each step
+        (a synchronisation on a GPU). Under torch.compile it cannot."""
+        if keras.backend.backend() != "torch":
+            return False
+        import torch
+
+        return not torch.compiler.is_compiling()
+
     # --- the step ------------------------------------------------------------
 
     def apply(self, grads, trainable_variables=None):
@@ -334,6 +374,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if self._var_key(k.variable) in positions
         ]
         self.step.assign_add(1)
+        self._tick_host_clock()
         if self._install_pending:
             self._install_once([k for k, _ in kernels])
         dense_grads = {id(k): grads[i] for k, i in kernels}
@@ -379,6 +420,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         prunes = self.method.initial_sparsity is not None
 
         def due():
+            if self._host_ticked and self._eager_torch():
+                step, start, end = self._host_clock
+                regular = step % self.update_freq == 0 and start <= step < end
+                return regular or (prunes and step == end)
             step = ops.convert_to_tensor(self.step)
             regular = ops.logical_and(
                 ops.equal(step % self.update_freq, 0),
