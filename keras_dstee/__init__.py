@@ -12,9 +12,9 @@ from keras_dstee.callback import Static
 from keras_dstee.distributions import layer_densities
 from keras_dstee.export import export_saved_model
 from keras_dstee.export import export_tflite
-from keras_dstee.export import strip
 from keras_dstee.optimizer import SparseOptimizer
 from keras_dstee.report import summary
+from keras_dstee.wrapping import strip
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,5 @@
 """The callbacks users pass to `fit`: `DSTEE` and the baselines."""
 
-import contextlib
 import math
 import sys
 import warnings
@@ -9,10 +8,10 @@ import keras
 
 from keras_dstee import arguments
 from keras_dstee import methods
+from keras_dstee import wrapping
 from keras_dstee.distributions import DISTRIBUTIONS
 from keras_dstee.distributions import active_count
 from keras_dstee.distributions import layer_densities
-from keras_dstee.optimizer import SparseOptimizer
 from keras_dstee.optimizer import find_sparse_optimizer
 
 
@@ -242,46 +241,26 @@ class SparseTraining(keras.callbacks.Callback):
             )
 
     def _wrap(self, model, optimizer):
-        """Puts a `SparseOptimizer` around the user's optimizer (inside the
-        `LossScaleOptimizer` under mixed precision, which then unscales the
-        gradients and skips non-finite steps for both)."""
-        loss_scale = None
+        """Wraps the user's optimizer (the one inside a `LossScaleOptimizer`
+        under mixed precision) with this callback's settings."""
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            loss_scale, optimizer = optimizer, optimizer.inner_optimizer
-        densities = self._densities(model)
+            optimizer = optimizer.inner_optimizer
         initial = None
         if self.method.initial_sparsity is not None:
             initial = self._densities(model, self.method.initial_sparsity)
-        # Under `tf.distribute`, the wrapper's variables are mirrored like the
-        # model's: create them in the model's strategy scope.
-        strategy = getattr(model, "distribute_strategy", None)
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            wrapper = SparseOptimizer(
-                optimizer,
-                densities,
-                method=self.method,
-                update_freq=self.update_freq,
-                drop_fraction=self.drop_fraction,
-                end_step=self._schedule[1],
-                initial_densities=initial,
-                reset_regrown=self.reset_regrown,
-                rescale=self.rescale,
-                seed=self.seed,
-            )
-            wrapper.build(model.trainable_variables)
-            wrapper.install()
-        if loss_scale is None:
-            model.optimizer = wrapper
-        else:
-            loss_scale.inner_optimizer = wrapper
-        # So `model.save` stores the wrapper and its state, not the original
-        # (a LossScaleOptimizer given to `compile` now holds the wrapper).
-        compile_config = getattr(model, "_compile_config", None)
-        if compile_config is not None and compile_config.config.get("optimizer") is not model.optimizer:
-            compile_config.config["optimizer"] = wrapper
-        # The train step may have been traced with the old optimizer.
-        model.make_train_function(force=True)
-        return wrapper
+        return wrapping.wrap(
+            model,
+            optimizer,
+            self._densities(model),
+            method=self.method,
+            update_freq=self.update_freq,
+            drop_fraction=self.drop_fraction,
+            end_step=self._schedule[1],
+            initial_densities=initial,
+            reset_regrown=self.reset_regrown,
+            rescale=self.rescale,
+            seed=self.seed,
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._schedule_pending:

@@ -1,7 +1,7 @@
-"""Strip the training wrapper; export SavedModel and sparse TFLite files.
+"""Export SavedModel and sparse TFLite files.
 
-The kernels are physically zero, so a sparse model is a plain Keras model:
-stripping only removes the `SparseOptimizer` and its mask constraints. TFLite
+The kernels are physically zero, so a sparse model is a plain Keras model
+(`keras_dstee.strip` removes the training wrapper). TFLite
 conversion needs TensorFlow's graph: on the TensorFlow backend it runs in
 process; from JAX or PyTorch the model goes through its backend-neutral
 `.keras` file into a TensorFlow-backend subprocess.
@@ -16,39 +16,7 @@ import tempfile
 
 import keras
 
-from keras_dstee.constraints import MaskConstraint
-from keras_dstee.optimizer import find_sparse_optimizer
-
 QUANTIZE = (None, "int8")
-
-
-def strip(model):
-    """Removes the sparse-training wrapper from `model`, in place.
-
-    The weights are untouched (already exactly sparse). The model's optimizer
-    becomes the user's original one, the mask constraints leave its variables
-    (constraints the user set are put back), and a `.keras` file saved
-    afterwards loads without `keras_dstee` installed.
-
-    Returns:
-        The same model.
-    """
-    optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))
-    if optimizer is None:
-        return model
-    for variable in model.trainable_variables:
-        if isinstance(variable.constraint, MaskConstraint):
-            variable.constraint = variable.constraint.user_constraint
-    inner = optimizer.inner_optimizer
-    if model.optimizer is optimizer:
-        model.optimizer = inner
-    else:
-        model.optimizer.inner_optimizer = inner  # under a LossScaleOptimizer
-    compile_config = getattr(model, "_compile_config", None)
-    if compile_config is not None and compile_config.config.get("optimizer") is optimizer:
-        compile_config.config["optimizer"] = inner
-    model.train_function = None
-    return model
 
 
 def _check_output_path(path):

@@ -83,7 +83,7 @@ def test_jax_model_parallel_shards_masks_like_kernels():
     assert "model" in wide["kernel_spec"]
     assert wide["mask_spec"] == wide["counter_spec"] == wide["kernel_spec"]
     for kernel in result["kernels"]:
-        assert kernel["mask_sum"] == kernel.active and kernel["zeros_outside"]
+        assert kernel["mask_sum"] == kernel["active"] and kernel["zeros_outside"]
 
 
 # Runs in a fresh process: logical devices are fixed before TF starts.
