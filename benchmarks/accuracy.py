@@ -1,4 +1,5 @@
-"""Test accuracy of dense, static, SET, RigL and DST-EE on real CIFAR-10.
+"""Test accuracy of dense and every registered method (static, SET, RigL,
+DST-EE, GMP, GraNet) on real CIFAR-10.
 
     python benchmarks/accuracy.py            # full: 20k images, 2 seeds (~1-2 h on 2 cores)
     python benchmarks/accuracy.py --quick    # 5k images, 1 seed, 4 epochs, updates every 20 steps (< 10 min)

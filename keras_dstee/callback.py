@@ -1,4 +1,5 @@
-"""The callbacks users pass to `fit`: `DSTEE` and the baselines."""
+"""The callbacks users pass to `fit`: `SparseTraining` with any method, and
+`DSTEE` and the baselines as shortcuts."""
 
 import math
 import sys
@@ -48,8 +49,8 @@ def _check_distribution(model):
 
 class SparseTraining(keras.callbacks.Callback):
     """Trains the model sparse with any method: `SparseTraining("rigl")`,
-    `SparseTraining(MyMethod(), sparsity=0.95)`. `DSTEE`, `RigL`, `SET` and
-    `Static` are this callback with their method.
+    `SparseTraining(MyMethod(), sparsity=0.95)`. `DSTEE`, `RigL`, `SET`,
+    `Static`, `GMP` and `GraNet` are this callback with their method.
 
     At the start of `fit` it wraps the model's optimizer in a
     `SparseOptimizer`, which masks the prunable kernels and updates the masks

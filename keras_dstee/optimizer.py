@@ -190,9 +190,14 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.inner_optimizer = inner_optimizer
         self.method = methods.get(method, **method_settings)
         self.densities = _checked_densities("densities", densities)
-        self.initial_densities = (
-            None if initial_densities is None else _checked_densities("initial_densities", initial_densities)
-        )
+        self.initial_densities = None
+        if initial_densities is not None:
+            if self.method.initial_sparsity is None:
+                raise ValueError(
+                    "`initial_densities` is for pruning methods (GMP, GraNet), whose "
+                    f"density changes during training; {self.method!r} keeps its budget."
+                )
+            self.initial_densities = _checked_densities("initial_densities", initial_densities)
         self.update_freq = arguments.integer(
             "update_freq", update_freq, 1, " (optimizer steps between mask updates)"
         )
@@ -215,8 +220,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             # Slots must exist now: created inside a trace they can't be found.
             self.inner_optimizer.build(var_list)
         super().build(var_list)
-        self.densities = _by_position("densities", self.densities, var_list)
-        self.initial_densities = self._initial_by_position(var_list)
+        # The user's `densities` stay as given; the step uses them by position.
+        self.densities_by_position = _by_position("densities", self.densities, var_list)
+        self.initial_densities_by_position = self._initial_by_position(var_list)
         if self.end_step is None and self.method.updates_masks:
             raise ValueError(
                 "`end_step` is required: the optimizer step after which masks "
@@ -241,11 +247,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         # measured over, as `layer_densities` planned it.
         self.budget = []
         for index, variable in enumerate(var_list):
-            density = self.densities[index]
+            density = self.densities_by_position[index]
             if density is None:
                 continue
             active = active_count(variable.shape, density)
-            initial = max(active, active_count(variable.shape, self.initial_densities[index]))
+            initial = active_count(variable.shape, self.initial_densities_by_position[index])
+            initial = max(active, initial)
             self.budget.append((variable, active))
             if active < math.prod(variable.shape):
                 self.kernels.append(self._add_kernel(index, variable, initial, active))
@@ -256,9 +263,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if self.initial_densities is not None:
             return _by_position("initial_densities", self.initial_densities, var_list)
         start = self.method.initial_sparsity
+        final = self.densities_by_position
         if start is None:
-            return list(self.densities)
-        return [None if d is None else max(d, 1.0 - start) for d in self.densities]
+            return list(final)
+        return [None if d is None else max(d, 1.0 - start) for d in final]
 
     def _scalar(self, name, value):
         return self.add_variable(
@@ -562,15 +570,19 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     # --- serialization ---------------------------------------------------------
 
     def get_config(self):
+        # Saved by position once built: variable paths change when a model is
+        # loaded. Plain types: TF wraps attributes in tracking containers.
         plain = lambda d: None if d is None else (dict(d) if hasattr(d, "items") else list(d))  # noqa: E731
+        built = getattr(self, "densities_by_position", None) is not None
         return {
             "name": self.name,
             "inner_optimizer": keras.saving.serialize_keras_object(
                 self.inner_optimizer
             ),
-            # Plain types: TF wraps attributes in its own tracking containers.
-            "densities": plain(self.densities),
-            "initial_densities": plain(self.initial_densities),
+            "densities": plain(self.densities_by_position if built else self.densities),
+            "initial_densities": None
+            if self.method.initial_sparsity is None
+            else plain(self.initial_densities_by_position if built else self.initial_densities),
             "method": {"name": self.method.name, "config": self.method.get_config()},
             "update_freq": self.update_freq,
             "drop_fraction": self.drop_fraction,

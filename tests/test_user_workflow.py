@@ -96,6 +96,8 @@ def test_method_arguments_belong_to_their_method():
         ({"normalize_gradients": 3}, "normalize_gradients"),
         ({"densities": "abc"}, "densities"),
         ({"densities": {"a/kernel": True}}, "densities"),
+        ({"initial_densities": {}}, "initial_densities"),
+        ({"method": "gmp", "initial_densities": {"a/kernel": 2.0}}, "initial_densities"),
     ],
 )
 def test_sparse_optimizer_arguments_are_checked_at_construction(kwargs, name):
