@@ -43,14 +43,14 @@ class Method:
         grows: False for a method that only prunes (no `grow_scores`).
         initial_sparsity: None for a fixed budget; for a pruning method, the
             sparsity its cubic density schedule starts from.
-        arguments: names of the constructor's settings (saved, compared).
+        setting_names: the constructor's settings (saved, compared).
     """
 
     name = None
     updates_masks = True
     grows = True
     initial_sparsity = None
-    arguments = ()
+    setting_names = ()
 
     def drop_scores(self, weight, grad):
         """Higher is kept: the active weights with the lowest scores are
@@ -70,7 +70,7 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} must define `grow_scores`.")
 
     def get_config(self):
-        return {name: getattr(self, name) for name in self.arguments}
+        return {name: getattr(self, name) for name in self.setting_names}
 
     @classmethod
     def from_config(cls, config):
@@ -124,7 +124,7 @@ class DSTEE(RigL):
     """
 
     name = "dstee"
-    arguments = ("exploration", "epsilon", "normalize_gradients")
+    setting_names = ("exploration", "epsilon", "normalize_gradients")
 
     def __init__(self, exploration=1.0, epsilon=1.0, normalize_gradients=True):
         self.exploration = arguments.number("exploration", exploration, 0, math.inf, high_open=True)
@@ -151,7 +151,7 @@ class GMP(Method):
 
     name = "gmp"
     grows = False
-    arguments = ("initial_sparsity",)
+    setting_names = ("initial_sparsity",)
 
     def __init__(self, initial_sparsity=0.0):
         self.initial_sparsity = arguments.number("initial_sparsity", initial_sparsity, 0, 1, high_open=True)
@@ -170,7 +170,7 @@ class GraNet(RigL):
     """
 
     name = "granet"
-    arguments = ("initial_sparsity",)
+    setting_names = ("initial_sparsity",)
 
     def __init__(self, initial_sparsity=0.5):
         self.initial_sparsity = arguments.number("initial_sparsity", initial_sparsity, 0, 1, high_open=True)
@@ -201,11 +201,11 @@ def get(method, **settings):
             raise ValueError(f"Unknown `method={method!r}`. Expected one of {names()}, or a Method.")
         method = _REGISTRY[method]
     if isinstance(method, type) and issubclass(method, Method):
-        unknown = sorted(set(settings) - set(method.arguments))
+        unknown = sorted(set(settings) - set(method.setting_names))
         if unknown:
             raise ValueError(
                 f"Method {method.name!r} does not take `{'`, `'.join(unknown)}`."
-                + (f" Its settings: {method.arguments}." if method.arguments else "")
+                + (f" Its settings: {method.setting_names}." if method.setting_names else "")
             )
         return method(**settings)
     if isinstance(method, Method):

@@ -171,7 +171,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         # `exploration`, `epsilon` and `normalize_gradients`.
         method_settings = {}
         if isinstance(method, str) and method in methods.names():
-            known = methods.get(method).arguments
+            known = methods.get(method).setting_names
             method_settings = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
         if kwargs:
             raise ValueError(
