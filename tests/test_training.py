@@ -147,7 +147,7 @@ def test_initial_weights_are_masked_and_rescaled(data, rescale):
     assert len(model.optimizer.kernels) == 4
     for kernel in model.optimizer.kernels:
         mask = to_numpy(kernel.mask)
-        scale = 1 / np.sqrt((kernel.initial_active / kernel.size)) if rescale else 1.0
+        scale = 1 / np.sqrt(kernel.initial_active / kernel.size) if rescale else 1.0
         expected = dense[kernel.index] * mask * scale
         np.testing.assert_allclose(to_numpy(kernel.variable), expected, rtol=1e-6)
 
@@ -212,7 +212,7 @@ def test_sparse_optimizer_compiled_directly(data, jit_compile):
     assert len(checks) == 8
     # Masked and rescaled once, inside the first step (learning rate 0).
     for kernel in optimizer.kernels:
-        expected = dense[kernel.index] * to_numpy(kernel.mask) / np.sqrt((kernel.initial_active / kernel.size))
+        expected = dense[kernel.index] * to_numpy(kernel.mask) / np.sqrt(kernel.initial_active / kernel.size)
         np.testing.assert_allclose(to_numpy(kernel.variable), expected, rtol=1e-6)
 
 
