@@ -193,13 +193,18 @@ def names():
     return tuple(_REGISTRY)
 
 
+def registered(name):
+    """The `Method` class registered under `name`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown `method={name!r}`. Expected one of {names()}, or a Method.")
+    return _REGISTRY[name]
+
+
 def get(method, **settings):
     """A `Method` from a registered name, a `Method` subclass (built with
     `settings`) or an instance (returned as it is, `settings` must be empty)."""
     if isinstance(method, str):
-        if method not in _REGISTRY:
-            raise ValueError(f"Unknown `method={method!r}`. Expected one of {names()}, or a Method.")
-        method = _REGISTRY[method]
+        method = registered(method)
     if isinstance(method, type) and issubclass(method, Method):
         unknown = sorted(set(settings) - set(method.setting_names))
         if unknown:

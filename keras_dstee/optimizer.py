@@ -171,7 +171,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         # `exploration`, `epsilon` and `normalize_gradients`.
         method_settings = {}
         if isinstance(method, str) and method in methods.names():
-            known = methods.get(method).setting_names
+            known = methods.registered(method).setting_names
             method_settings = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
         if kwargs:
             raise ValueError(
@@ -600,7 +600,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         )
         method = config.get("method")
         if isinstance(method, dict):
-            config["method"] = methods.get(method["name"]).from_config(method["config"])
+            config["method"] = methods.registered(method["name"]).from_config(method["config"])
         return cls(inner, **config)
 
 
