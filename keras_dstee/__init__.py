@@ -15,6 +15,7 @@ from keras_dstee.export import export_tflite
 from keras_dstee.optimizer import SparseOptimizer
 from keras_dstee.report import summary
 from keras_dstee.wrapping import strip
+from keras_dstee.xnnpack import xnnpack_sparse_check
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,5 @@ __all__ = [
     "models",
     "strip",
     "summary",
+    "xnnpack_sparse_check",
 ]

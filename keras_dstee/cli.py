@@ -1,7 +1,7 @@
 """`keras-dstee`: summarise or export a saved `.keras` model.
 
     keras-dstee summary m.keras
-    keras-dstee export m.keras --tflite out.tflite [--int8] [--dense]
+    keras-dstee export m.keras --tflite out.tflite [--int8] [--dense] [--optimize-for latency]
     keras-dstee export m.keras --saved-model out_dir
 """
 
@@ -44,6 +44,10 @@ def main(argv=None):
     export.add_argument("--tflite", help="the .tflite file to write")
     export.add_argument("--int8", action="store_true", help="int8 weights (dynamic range)")
     export.add_argument("--dense", action="store_true", help="do not use the sparse tensor format")
+    export.add_argument(
+        "--optimize-for", choices=("size", "latency"), default="size",
+        help="latency: also report which layers run on a sparse kernel",
+    )
     export.add_argument("--saved-model", help="the SavedModel folder to write")
     export.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = parser.parse_args(argv)
@@ -72,7 +76,11 @@ def main(argv=None):
     if args.tflite:
         report.update(
             export_lib.export_tflite(
-                model, args.tflite, sparse=not args.dense, quantize="int8" if args.int8 else None
+                model,
+                args.tflite,
+                sparse=not args.dense,
+                quantize="int8" if args.int8 else None,
+                optimize_for=args.optimize_for,
             )
         )
     if args.json:
@@ -83,6 +91,8 @@ def main(argv=None):
         print(f"dense export:  {kb(report['dense_bytes'])} ({kb(report['dense_gzip_bytes'])} gzipped)")
         if report["op_resolver"] != "default":
             print(f"run it with op resolver {report['op_resolver']}")
+        for row in report.get("layers", []):
+            print(f"{row['path']}: {row['op']}, {row['storage']} ({row['reason']})")
     else:
         print(f"wrote {report['saved_model']}")
     return 0

@@ -13,10 +13,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import keras
 
+from keras_dstee import tflite_inspection
+
 QUANTIZE = (None, "int8")
+OPTIMIZE_FOR = ("size", "latency")
 
 
 def _check_output_path(path):
@@ -43,8 +47,14 @@ def export_saved_model(model, path):
     return path
 
 
-def export_tflite(model, path, sparse=True, quantize=None):
+def export_tflite(model, path, sparse=True, quantize=None, optimize_for="size"):
     """Exports `model` to a TFLite file, storing sparse kernels compactly.
+
+    A sparse file is always smaller. It is faster only where TFLite has a
+    sparse kernel: `Dense` layers trained with `block_size=(4, 1)` run on
+    TFLite's sparse FullyConnected kernel; other sparse weights (conv,
+    unstructured Dense) are made dense when the interpreter loads them.
+    `optimize_for="latency"` reports, per prunable kernel, which happens.
 
     Args:
         model: a Keras model (trained sparse or not), on any backend.
@@ -53,6 +63,12 @@ def export_tflite(model, path, sparse=True, quantize=None):
             (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`).
         quantize: `None` (float32) or `"int8"` (int8 weights, dynamic-range
             quantization; no calibration data needed).
+        optimize_for: `"size"`, or `"latency"`: the same sparse conversion,
+            then the converted graph is inspected and the report gets
+            `layers` (per prunable kernel: its TFLite `op` and `storage`,
+            `"sparse kernel"`, `"densified at load"` or `"dense"`, with a
+            `reason`) and `accelerated` (how many run on a sparse kernel); a
+            warning says why when none does.
 
     Returns:
         A dict: `path`; `bytes` and `gzip_bytes` of the file; `dense_bytes`
@@ -64,11 +80,30 @@ def export_tflite(model, path, sparse=True, quantize=None):
     """
     if quantize not in QUANTIZE:
         raise ValueError(f"`quantize` must be one of {QUANTIZE}. Received: quantize={quantize!r}")
+    if optimize_for not in OPTIMIZE_FOR:
+        raise ValueError(f"`optimize_for` must be one of {OPTIMIZE_FOR}. Received: optimize_for={optimize_for!r}")
+    if optimize_for == "latency" and not sparse:
+        raise ValueError("`optimize_for='latency'` needs the sparse format: leave `sparse=True`.")
     _check_output_path(path)
     if keras.backend.backend() != "tensorflow":
         flags = ["--tflite", path] + (["--dense"] if not sparse else [])
         flags += ["--int8"] if quantize == "int8" else []
-        return _run_in_tensorflow(model, flags)
+        flags += ["--optimize-for", optimize_for]
+        report = _run_in_tensorflow(model, flags)
+    else:
+        report = _export_tflite_here(model, path, sparse, quantize, optimize_for)
+    if optimize_for == "latency" and report["accelerated"] == 0:
+        reasons = sorted({f"{row['storage']}: {row['reason']}" for row in report["layers"]})
+        warnings.warn(
+            "No layer of this TFLite file runs on a sparse kernel, so it is "
+            "smaller but not faster than dense. " + "; ".join(reasons),
+            stacklevel=2,
+        )
+    return report
+
+
+def _export_tflite_here(model, path, sparse, quantize, optimize_for):
+    """`export_tflite` on the TensorFlow backend."""
     with tempfile.TemporaryDirectory() as folder:
         saved = os.path.join(folder, "saved_model")
         model.export(saved, format="tf_saved_model", verbose=False)
@@ -76,7 +111,7 @@ def export_tflite(model, path, sparse=True, quantize=None):
         data = _convert(saved, sparse=True, quantize=quantize) if sparse else flat
     with open(path, "wb") as f:
         f.write(data)
-    return {
+    report = {
         "path": path,
         "bytes": len(data),
         "gzip_bytes": len(gzip.compress(data)),
@@ -86,6 +121,10 @@ def export_tflite(model, path, sparse=True, quantize=None):
         if sparse and quantize == "int8"
         else "default",
     }
+    if optimize_for == "latency":
+        report["layers"] = tflite_inspection.inspect_tflite(data, model)
+        report["accelerated"] = sum(row["storage"] == tflite_inspection.SPARSE for row in report["layers"])
+    return report
 
 
 def _convert(saved_model, sparse, quantize):

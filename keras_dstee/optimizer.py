@@ -4,6 +4,7 @@ import dataclasses
 import inspect
 import math
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -11,6 +12,7 @@ from keras import ops
 from keras.src.utils import tracking
 
 from keras_dstee import arguments
+from keras_dstee import blocks
 from keras_dstee import control
 from keras_dstee import methods
 from keras_dstee import updates
@@ -31,7 +33,9 @@ class SparseKernel:
         initial_active: positions active when training starts.
         active: positions active once the method's schedule ends (the same
             as `initial_active` except for pruning methods).
-        max_drop, max_grow: static bounds of one update, as `top_k` needs.
+        max_drop, max_grow: static bounds of one update in blocks (positions
+            when unstructured), as `top_k` needs.
+        block: the block shape over the last two axes, or None (unstructured).
     """
 
     index: int
@@ -43,15 +47,29 @@ class SparseKernel:
     active: int
     max_drop: int
     max_grow: int
+    block: tuple = None
 
     @property
     def size(self):
         return math.prod(self.variable.shape)
 
     @property
+    def blocks(self):
+        """How many blocks the kernel has (positions when unstructured)."""
+        return self.size // blocks.unit(self.block)
+
+    @property
     def state(self):
         """What a mask update reads and writes, in this order."""
         return [self.mask, self.counter, self.variable, *self.slots]
+
+
+def active_positions(shape, density, block):
+    """Positions a kernel of `shape` keeps at `density`: whole blocks when
+    `block` fits its shape, at least one."""
+    if not blocks.fits(shape, block):
+        return active_count(shape, density)
+    return active_count(blocks.grid_shape(shape, block), density) * blocks.unit(block)
 
 
 def find_sparse_optimizer(optimizer):
@@ -149,6 +167,13 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         rescale: whether kept weights are multiplied by `1 / sqrt(density)`
             on the first step.
         seed: int seeding the initial masks (and random growth).
+        block_size: None (unstructured), or `(input, output)`: masks
+            change in whole blocks over each kernel's last two axes, scored
+            by the sums of their positions' scores, with budgets in whole
+            blocks. `(4, 1)` is the pattern TFLite's sparse `Dense`
+            (FullyConnected) kernel runs faster than dense. A kernel whose
+            last two axes do not divide by it stays unstructured (a warning
+            names it; `keras_dstee.summary` shows each kernel's pattern).
         name: the optimizer's name.
     """
 
@@ -164,6 +189,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         reset_regrown=True,
         rescale=True,
         seed=None,
+        block_size=None,
         name=None,
         **kwargs,
     ):
@@ -207,6 +233,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.rescale = arguments.boolean("rescale", rescale)
         seed = arguments.seed(seed)
         self.seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
+        self.block_size = blocks.check_block_size(block_size)
 
     # --- state ---------------------------------------------------------------
 
@@ -250,12 +277,21 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             density = self.densities_by_position[index]
             if density is None:
                 continue
-            active = active_count(variable.shape, density)
-            initial = active_count(variable.shape, self.initial_densities_by_position[index])
+            shape = tuple(variable.shape)
+            block = self.block_size if blocks.fits(shape, self.block_size) else None
+            active = active_positions(shape, density, block)
+            initial = active_positions(shape, self.initial_densities_by_position[index], block)
             initial = max(active, initial)
             self.budget.append((variable, active))
-            if active < math.prod(variable.shape):
-                self.kernels.append(self._add_kernel(index, variable, initial, active))
+            if active < math.prod(shape):
+                self.kernels.append(self._add_kernel(index, variable, initial, active, block))
+        unstructured = [k.variable.path for k in self.kernels if self.block_size and k.block is None]
+        if unstructured:
+            warnings.warn(
+                f"block_size={self.block_size} does not divide the last two axes of "
+                f"{unstructured}: they are trained unstructured.",
+                stacklevel=2,
+            )
 
     def _initial_by_position(self, var_list):
         """Densities when training starts: `initial_densities`, or from the
@@ -277,17 +313,22 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             name=name,
         )
 
-    def _add_kernel(self, index, variable, initial_active, active):
+    def _add_kernel(self, index, variable, initial_active, active, block):
         """Creates the mask and counter of one kernel; returns its record."""
         shape = tuple(variable.shape)
         size = math.prod(shape)
-        # Exactly `initial_active` random positions; numpy makes it the same
-        # on every backend. Passed as the initializer: an assign right after
-        # creation is lost when the build runs inside a TF trace.
+        # Exactly `initial_active` random positions (whole blocks); numpy
+        # makes it the same on every backend. Passed as the initializer: an
+        # assign right after creation is lost when the build runs inside a
+        # TF trace.
         rng = np.random.default_rng([self.seed, index])
-        flat = np.zeros(size, "float32")
-        flat[rng.permutation(size)[:initial_active]] = 1.0
-        initial = flat.reshape(shape)
+        grid = blocks.grid_shape(shape, block)
+        cells = math.prod(grid)
+        flat = np.zeros(cells, "float32")
+        flat[rng.permutation(cells)[: initial_active // blocks.unit(block)]] = 1.0
+        initial = flat.reshape(grid)
+        if block is not None:
+            initial = np.repeat(np.repeat(initial, block[0], axis=-2), block[1], axis=-1)
         prefix = variable.path.replace("/", "_")
         # Under `keras.distribution`, mask and counter are laid out (sharded)
         # like their kernel.
@@ -308,7 +349,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if s.name.startswith(prefix + "_") and tuple(s.shape) == shape
         ]
         variable.constraint = MaskConstraint(mask, variable.constraint)
-        max_grow = math.ceil(self.drop_fraction * initial_active) if self.method.grows else 0
+        # Bounds in blocks (positions when unstructured).
+        per_block = blocks.unit(block)
+        initial_blocks, final_blocks = initial_active // per_block, active // per_block
+        max_grow = math.ceil(self.drop_fraction * initial_blocks) if self.method.grows else 0
         return SparseKernel(
             index=index,
             variable=variable,
@@ -317,8 +361,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             slots=slots,
             initial_active=initial_active,
             active=active,
-            max_drop=min(size, max_grow + initial_active - active),
+            max_drop=min(cells, max_grow + initial_blocks - final_blocks),
             max_grow=max_grow,
+            block=block,
         )
 
     @property
@@ -464,34 +509,44 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         control.cond_assign(due, compute, targets, [g for _, g in kernels_and_grads])
 
     def _update_kernel(self, kernel, grad, step, fraction, elapsed, number):
-        """One kernel's mask update; returns its new `state`."""
+        """One kernel's mask update; returns its new `state`.
+
+        Counts and scores are per block of `kernel.block` (per position when
+        unstructured): a block's score sums its positions' scores.
+        """
+        block = kernel.block
+        per_block = blocks.unit(block)
         mask = ops.convert_to_tensor(kernel.mask)
         counter = ops.convert_to_tensor(kernel.counter) + elapsed * mask
         weight = ops.convert_to_tensor(kernel.variable)
-        prune, budget = 0, kernel.active
+        # A structured mask is constant in a block: its first position tells.
+        grid_mask = mask if block is None else mask[..., :: block[0], :: block[1]]
+        initial_blocks, final_blocks = kernel.initial_active // per_block, kernel.active // per_block
+        prune, budget = 0, final_blocks
         if self.method.initial_sparsity is not None:
             density = updates.scheduled_density(
                 step,
                 self.start_step,
                 self.end_step_variable,
-                kernel.initial_active / kernel.size,
-                kernel.active / kernel.size,
+                initial_blocks / kernel.blocks,
+                final_blocks / kernel.blocks,
             )
             target = ops.clip(
-                ops.cast(ops.round(density * kernel.size), "int32"), kernel.active, kernel.initial_active
+                ops.cast(ops.round(density * kernel.blocks), "int32"), final_blocks, initial_blocks
             )
-            prune = ops.maximum(ops.cast(ops.sum(mask), "int32") - target, 0)
+            prune = ops.maximum(ops.cast(ops.sum(grid_mask), "int32") - target, 0)
             budget = ops.cast(target, "float32")
         grow, scores = 0, None
         if kernel.max_grow > 0:
             grow = ops.cast(ops.ceil(fraction * budget), "int32")
             grow = ops.minimum(grow, kernel.max_grow)
             seed = control.step_seed(step, self.seed, number)
-            scores = self.method.grow_scores(weight, grad, counter, step, seed)
-        keep = self.method.drop_scores(weight, grad)
+            scores = blocks.to_blocks(self.method.grow_scores(weight, grad, counter, step, seed), block)
+        keep = blocks.to_blocks(self.method.drop_scores(weight, grad), block)
         new_mask, grown = updates.drop_and_grow(
-            keep, mask, scores, prune + grow, kernel.max_drop, grow, kernel.max_grow
+            keep, grid_mask, scores, prune + grow, kernel.max_drop, grow, kernel.max_grow
         )
+        new_mask, grown = blocks.from_blocks(new_mask, block), blocks.from_blocks(grown, block)
         if not self.reset_regrown:
             grown = grown * (1.0 - mask)  # only positions new to the mask
         kept = new_mask * (1.0 - grown)
@@ -590,6 +645,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "reset_regrown": self.reset_regrown,
             "rescale": self.rescale,
             "seed": self.seed,
+            "block_size": None if self.block_size is None else list(self.block_size),
         }
 
     @classmethod

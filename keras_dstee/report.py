@@ -101,7 +101,8 @@ def summary(model, input_shape=None, print_fn=None):
     Returns:
         `{"kernels": [...], "total": {...}}`. Each kernel entry has `layer`,
         `path`, `shape`, `size`, `active` (positions allowed nonzero),
-        `density`, `nonzeros`, `flops_dense` and `flops_sparse`; `total` sums
+        `density`, `nonzeros`, `flops_dense`, `flops_sparse` and `block`
+        (the block shape its mask changes in, or None); `total` sums
         `size`, `active`, `nonzeros` and both FLOPs, with the overall
         `density`, `sparsity` (`1 - density`: positions outside the masks,
         the figure the callbacks log) and `zero_fraction` (exact zeros, a
@@ -109,10 +110,12 @@ def summary(model, input_shape=None, print_fn=None):
     """
     print_fn = print_fn or print
     optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))
-    active = {}
+    active, block = {}, {}
     if optimizer is not None and optimizer.built:
         # What the masks allow now (a pruning method's budget shrinks).
         active = {id(k.variable): int(np.sum(keras.ops.convert_to_numpy(k.mask))) for k in optimizer.kernels}
+        block = {id(k.variable): k.block for k in optimizer.kernels}
+    blocked = optimizer is not None and optimizer.built and optimizer.block_size is not None
     layers = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         weights = layer_prunable_weights(layer, include_embeddings=True)
@@ -140,6 +143,7 @@ def summary(model, input_shape=None, print_fn=None):
                     "nonzeros": nonzeros,
                     "flops_dense": int(flops),
                     "flops_sparse": int(round(flops * density)),
+                    "block": block.get(id(variable)),
                 }
             )
     total = {key: sum(r[key] for r in rows) for key in ("size", "active", "nonzeros", "flops_dense", "flops_sparse")}
@@ -149,11 +153,17 @@ def summary(model, input_shape=None, print_fn=None):
     # weight grown at the last mask update may still read 0).
     total["sparsity"] = 1.0 - total["active"] / size
     total["zero_fraction"] = 1.0 - total["nonzeros"] / size
-    _print_table(model, rows, total, print_fn)
+    _print_table(model, rows, total, print_fn, blocked)
     return {"kernels": rows, "total": total}
 
 
-def _print_table(model, rows, total, print_fn):
+def _block_text(row):
+    if row["block"] is not None:
+        return "x".join(map(str, row["block"]))
+    return "unstructured" if row["density"] < 1 else "-"
+
+
+def _print_table(model, rows, total, print_fn, blocked=False):
     header = ("Kernel", "Shape", "Density", "Nonzeros", "FLOPs dense", "FLOPs sparse")
     table = [
         (
@@ -174,6 +184,11 @@ def _print_table(model, rows, total, print_fn):
         f"{total['flops_dense']:,}",
         f"{total['flops_sparse']:,}",
     )
+    if blocked:
+        # Which kernels change in blocks; the others' shapes don't divide.
+        header += ("Blocks",)
+        table = [cells + (_block_text(r),) for cells, r in zip(table, rows)]
+        footer += ("",)
     widths = [max(len(line[i]) for line in [header, footer, *table]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     rule = "-" * len(line(header))

@@ -125,3 +125,68 @@ def test_cli(sparse_model, tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.main(argv)
         assert message in capsys.readouterr().err
+
+
+def _fully_connected_weights(path):
+    """For each FULLY_CONNECTED op of the file: (stored sparse, fed by DENSIFY)."""
+    interpreter = litert.Interpreter(
+        model_path=path, experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    densified = {out for op in ops if op["op_name"] == "DENSIFY" for out in op["outputs"]}
+    return [
+        (bool(tensors[op["inputs"][1]]["sparsity_parameters"]), op["inputs"][1] in densified)
+        for op in ops
+        if op["op_name"] == "FULLY_CONNECTED"
+    ]
+
+
+def _dense_model(block_size, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(256, 64)).astype("float32")
+    y = rng.integers(0, 8, size=256)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(8)]
+    )
+    compile_model(model)
+    callback = keras_dstee.DSTEE(sparsity=0.9, distribution="uniform", block_size=block_size, update_freq=2, seed=1)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+    return model, x[:4]
+
+
+def test_block_trained_dense_layers_are_stored_sparse(tmp_path):
+    model, x = _dense_model(block_size=(4, 1))
+    report = keras_dstee.export_tflite(model, str(tmp_path / "b.tflite"), optimize_for="latency")
+    # Read from the file itself: every FullyConnected weight stays sparse,
+    # no DENSIFY in front of it.
+    assert _fully_connected_weights(report["path"]) == [(True, False)] * 3
+    assert [row["storage"] for row in report["layers"]] == ["sparse kernel"] * 3
+    assert [row["op"] for row in report["layers"]] == ["FULLY_CONNECTED"] * 3
+    assert report["accelerated"] == 3
+    np.testing.assert_allclose(_run_tflite(report["path"], x, "default"), to_numpy(model(x)), atol=1e-5)
+
+
+def test_latency_export_warns_when_nothing_is_accelerated(tmp_path):
+    model, x = _dense_model(block_size=None)
+    with pytest.warns(UserWarning, match=r"not faster than dense.*block_size=\(4, 1\)"):
+        report = keras_dstee.export_tflite(model, str(tmp_path / "u.tflite"), optimize_for="latency")
+    assert _fully_connected_weights(report["path"]) == [(False, True)] * 3
+    assert [row["storage"] for row in report["layers"]] == ["densified at load"] * 3
+    assert report["accelerated"] == 0
+    np.testing.assert_allclose(_run_tflite(report["path"], x, "default"), to_numpy(model(x)), atol=1e-5)
+    with pytest.raises(ValueError, match="optimize_for"):
+        keras_dstee.export_tflite(model, str(tmp_path / "u.tflite"), optimize_for="speed")
+    with pytest.raises(ValueError, match="sparse"):
+        keras_dstee.export_tflite(model, str(tmp_path / "u.tflite"), sparse=False, optimize_for="latency")
+
+
+def test_conv_layers_are_reported_densified(sparse_model, tmp_path):
+    model, _ = sparse_model
+    with pytest.warns(UserWarning, match="XNNPACK"):
+        report = keras_dstee.export_tflite(model, str(tmp_path / "c.tflite"), optimize_for="latency")
+    by_op = {row["op"]: row for row in report["layers"]}
+    assert by_op["CONV_2D"]["storage"] == "densified at load"
+    assert "xnnpack_sparse_check" in by_op["CONV_2D"]["reason"]

@@ -1,0 +1,133 @@
+"""What a converted `.tflite` graph does with each prunable kernel.
+
+TFLite stores a sparse weight in one of three ways, measured with TF 2.21:
+a `FullyConnected` weight whose zeros come in 1x4 blocks of its
+`(output, input)` layout stays sparse and runs on TFLite's sparse kernel
+(faster than dense); any other sparse weight is stored compressed and
+expanded by a `DENSIFY` op when the interpreter loads (smaller file, dense
+speed); a weight with too few (or too scattered) zeros is stored dense.
+"""
+
+import math
+import re
+
+# Ops that take a weight tensor as their second input.
+_WEIGHT_OPS = (
+    "FULLY_CONNECTED",
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "CONV_3D",
+    "TRANSPOSE_CONV",
+    "BATCH_MATMUL",
+)
+
+SPARSE, DENSIFIED, DENSE, NOT_FOUND = "sparse kernel", "densified at load", "dense", "not found"
+
+
+def _graph(tflite_bytes):
+    """Ops (name, input and output tensor indices) and tensor details of the
+    graph as converted, before any delegate rewrites it."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:  # pragma: no cover (TensorFlow's deprecated copy)
+        from tensorflow.lite.python.interpreter import Interpreter
+        from tensorflow.lite.python.interpreter import OpResolverType
+    interpreter = Interpreter(
+        model_content=tflite_bytes,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return interpreter._get_ops_details(), tensors
+
+
+def _weight_uses(tflite_bytes):
+    """One entry per weight-taking op: op name, how its weight is stored,
+    the weight's size and the tensor names that may name the layer."""
+    ops, tensors = _graph(tflite_bytes)
+    producer = {out: op for op in ops for out in op["outputs"]}
+    uses = []
+    for op in ops:
+        if op["op_name"] not in _WEIGHT_OPS or len(op["inputs"]) < 2:
+            continue
+        index = op["inputs"][1]
+        names = [tensors[i]["name"] for i in op["outputs"] if i in tensors]
+        source = producer.get(index)
+        # Follow int8 dequantization back to the stored constant.
+        while source is not None and source["op_name"] == "DEQUANTIZE":
+            index = source["inputs"][0]
+            source = producer.get(index)
+        if source is not None and source["op_name"] == "DENSIFY":
+            storage = DENSIFIED
+            index = source["inputs"][0]
+        elif source is not None:
+            continue  # a computed operand (attention's matmuls), not a weight
+        elif tensors[index]["sparsity_parameters"]:
+            storage = SPARSE
+        else:
+            storage = DENSE
+        weight = tensors[index]
+        names.append(weight["name"])
+        uses.append(
+            {"op": op["op_name"], "storage": storage, "size": int(math.prod(weight["shape"])), "names": names}
+        )
+    return uses
+
+
+def _names_layer(names, layer_name):
+    # TF names a layer's ops "<model>/<layer>_<n>/..." or "<model>/<layer>/...".
+    pattern = re.compile(rf"(^|/){re.escape(layer_name)}(_\d+)?/")
+    return any(pattern.search(n) for n in names)
+
+
+def _reason(op, storage):
+    if storage == SPARSE:
+        return "runs on TFLite's sparse FullyConnected kernel"
+    if storage == DENSE:
+        return "stored dense (too few zeros for the sparse format)"
+    if storage == NOT_FOUND:
+        return "no TFLite op with this kernel found (folded or renamed)"
+    if op == "FULLY_CONNECTED":
+        return "zeros not in 1x4 blocks of (output, input): train with block_size=(4, 1)"
+    if op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        return (
+            "TFLite densifies conv weights; only XNNPACK's sparse path on ARM "
+            "runs them sparse (see keras_dstee.xnnpack_sparse_check)"
+        )
+    return f"TFLite has no sparse {op} kernel"
+
+
+def inspect_tflite(tflite_bytes, model):
+    """Per prunable kernel of `model`, how the converted graph runs it.
+
+    Kernels are matched to TFLite ops by size, then by the layer's name in
+    the op's tensor names, then in graph order.
+
+    Returns:
+        A list of dicts, one per prunable kernel in model order: `layer`,
+        `path`, `op` (the TFLite op, or None), `storage` (`"sparse kernel"`,
+        `"densified at load"`, `"dense"` or `"not found"`) and `reason`.
+    """
+    from keras_dstee.layers import prunable_layer_variables
+
+    uses = _weight_uses(tflite_bytes)
+    rows = []
+    for layer, variable in prunable_layer_variables(model):
+        size = math.prod(variable.shape)
+        candidates = [u for u in uses if u["size"] == size]
+        named = [u for u in candidates if _names_layer(u["names"], layer.name)]
+        use = (named or candidates or [None])[0]
+        if use is not None:
+            uses.remove(use)
+        op, storage = (use["op"], use["storage"]) if use else (None, NOT_FOUND)
+        rows.append(
+            {
+                "layer": layer.name,
+                "path": variable.path,
+                "op": op,
+                "storage": storage,
+                "reason": _reason(op, storage),
+            }
+        )
+    return rows
