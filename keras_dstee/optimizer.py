@@ -316,7 +316,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def _add_kernel(self, index, variable, initial_active, active, block):
         """Creates the mask and counter of one kernel; returns its record."""
         shape = tuple(variable.shape)
-        size = math.prod(shape)
         # Exactly `initial_active` random positions (whole blocks); numpy
         # makes it the same on every backend. Passed as the initializer: an
         # assign right after creation is lost when the build runs inside a

@@ -25,8 +25,10 @@ def _trainable(model):
         (lambda: models.vgg19_cifar(10), 20_018_880 + 11_008 + 5_130, None),
         (lambda: models.vgg19_cifar(100), 20_018_880 + 11_008 + 51_300, None),
         (lambda: models.resnet50_imagenet(), None, 25_636_712),
+        # 3072-1024-1024-1024-10 with biases.
+        (lambda: models.mlp_cifar(10), 3072 * 1024 + 2 * 1024 * 1024 + 3 * 1024 + 1024 * 10 + 10, None),
     ],
-    ids=["resnet50_cifar", "vgg19_cifar10", "vgg19_cifar100", "resnet50_imagenet"],
+    ids=["resnet50_cifar", "vgg19_cifar10", "vgg19_cifar100", "resnet50_imagenet", "mlp_cifar"],
 )
 def test_parameter_counts(build, trainable, total):
     model = build()
