@@ -41,6 +41,13 @@ def boolean(name, value):
     return bool(value)
 
 
+def choice(name, value, options):
+    """One of `options` (strings)."""
+    if not isinstance(value, str) or value not in options:
+        _fail(name, f"one of {options}", value)
+    return value
+
+
 def seed(value):
     """An int seed or None (random)."""
     if value is None:

@@ -350,6 +350,10 @@ class DSTEE(SparseTraining):
         normalize_gradients: divide |g| by its per-layer mean, so that
             `exploration` is scale-free across layers and models; False is the
             paper's unnormalised score.
+        count: what `N` counts: `"steps"` active (default) or mask-update
+            `"periods"` active.
+        bonus_decay: `"none"` (default), or `"cosine"`: the bonus fades like
+            the drop fraction, to 0 at `end`.
         rescale: multiply the kept initial weights by `1 / sqrt(density)`, so
             the sparse network starts with the variance of the dense one.
         seed: int seeding the initial masks; `None` picks one at random.

@@ -63,11 +63,22 @@ class Method:
         Args:
             weight: the kernel after the drop (inactive positions are 0).
             grad: the dense gradient of the current batch.
-            counter: how many steps each position has been active so far.
+            counter: each position's activity so far, as `activity` counts
+                it (by default, the steps it has been active).
             step: the optimizer step (scalar tensor, from 1).
             seed: a seed for `keras.random`, new at every update and kernel.
+
+        A method whose `grow_scores` also takes a `progress` argument gets
+        how far the mask-update schedule has got (a scalar tensor, 0 at
+        its start, 1 at its end).
         """
         raise NotImplementedError(f"{type(self).__name__} must define `grow_scores`.")
+
+    def activity(self, steps):
+        """What one period between mask updates adds to the counter of a
+        position active through it; `steps` is the period's length in
+        optimizer steps (a float tensor). Default: the steps."""
+        return steps
 
     def get_config(self):
         return {name: getattr(self, name) for name in self.setting_names}
@@ -114,26 +125,46 @@ class RigL(SET):
 
 class DSTEE(RigL):
     """DST-EE (Huang et al., 2023): RigL's gradient plus a coverage bonus,
-    `|g| / mean|g| + exploration * sqrt(ln t / (N + epsilon))`.
+    `|g| / mean|g| + exploration * sqrt(ln t / (N + epsilon))`, `t` the
+    optimizer step, `N` how long the position has been active.
+
+    The paper's text does not fix every detail of the score; the free
+    choices of our reconstruction are settings, each tested, and the
+    defaults are the ones `benchmarks/RESULTS.md` supports.
 
     Args:
-        exploration: weight `c` of the bonus; 0 grows exactly like RigL.
+        exploration: weight `c` of the bonus; 0 grows exactly like RigL
+            (whatever the other settings).
         epsilon: keeps the bonus finite for positions never active.
         normalize_gradients: divide |g| by its per-kernel mean so that
             `exploration` is scale-free; False is the paper's raw |g|.
+        count: what `N` counts: `"steps"` the position has been active, or
+            mask-update `"periods"` it has been active through (so a
+            position tried once keeps a much larger bonus).
+        bonus_decay: `"none"`, or `"cosine"`: the bonus fades with the
+            drop fraction's cosine, from full at the first mask update to 0
+            at `end`.
     """
 
     name = "dstee"
-    setting_names = ("exploration", "epsilon", "normalize_gradients")
+    setting_names = ("exploration", "epsilon", "normalize_gradients", "count", "bonus_decay")
 
-    def __init__(self, exploration=1.0, epsilon=1.0, normalize_gradients=True):
+    def __init__(self, exploration=1.0, epsilon=1.0, normalize_gradients=True, count="steps", bonus_decay="none"):
         self.exploration = arguments.number("exploration", exploration, 0, math.inf, high_open=True)
         self.epsilon = arguments.number("epsilon", epsilon, 0, math.inf, high_open=True)
         self.normalize_gradients = arguments.boolean("normalize_gradients", normalize_gradients)
+        self.count = arguments.choice("count", count, ("steps", "periods"))
+        self.bonus_decay = arguments.choice("bonus_decay", bonus_decay, ("none", "cosine"))
 
-    def grow_scores(self, weight, grad, counter, step, seed):
+    def activity(self, steps):
+        return steps if self.count == "steps" else ops.ones_like(steps)
+
+    def grow_scores(self, weight, grad, counter, step, seed, progress=None):
+        scale = 1.0
+        if self.bonus_decay == "cosine" and progress is not None:
+            scale = updates.cosine_decay(progress)
         return updates.grow_scores(
-            grad, counter, step, self.exploration, self.epsilon, self.normalize_gradients
+            grad, counter, step, self.exploration, self.epsilon, self.normalize_gradients, scale
         )
 
 

@@ -28,7 +28,8 @@ class SparseKernel:
     Attributes:
         index: the kernel's position among the trainable variables.
         variable, mask, counter: the kernel, its 0/1 mask and its activity
-            counter (steps each position has been active).
+            counter (by default the steps each position has been active;
+            the method's `activity` says).
         slots: the inner optimizer's slots for it (momentum, Adam's m, v).
         initial_active: positions active when training starts.
         active: positions active once the method's schedule ends (the same
@@ -150,8 +151,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         method: how masks change: a `keras_dstee.methods.Method`, or a
             registered name (`"dstee"`, `"rigl"`, `"set"`, `"static"`,
             `"gmp"`, `"granet"`, or one given to `keras_dstee.methods.register`).
-            With a name, the method's settings (DST-EE's `exploration`,
-            `epsilon`, `normalize_gradients`) may be given here as keywords.
+            With a name, the method's settings (e.g. DST-EE's `exploration`)
+            may be given here as keywords.
         update_freq: optimizer steps between two mask updates.
         drop_fraction: fraction of active weights replaced at the first
             update; decays to 0 at `end_step` (cosine).
@@ -215,6 +216,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             inner_optimizer = _unwrap_loss_scale(inner_optimizer)
         self.inner_optimizer = inner_optimizer
         self.method = methods.get(method, **method_settings)
+        # Methods that ask for it get the schedule's progress.
+        self._grow_takes_progress = "progress" in inspect.signature(self.method.grow_scores).parameters
         self.densities = _checked_densities("densities", densities)
         self.initial_densities = None
         if initial_densities is not None:
@@ -516,7 +519,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         block = kernel.block
         per_block = blocks.unit(block)
         mask = ops.convert_to_tensor(kernel.mask)
-        counter = ops.convert_to_tensor(kernel.counter) + elapsed * mask
+        counter = ops.convert_to_tensor(kernel.counter) + self.method.activity(elapsed) * mask
         weight = ops.convert_to_tensor(kernel.variable)
         # A structured mask is constant in a block: its first position tells.
         grid_mask = mask if block is None else mask[..., :: block[0], :: block[1]]
@@ -540,7 +543,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             grow = ops.cast(ops.ceil(fraction * budget), "int32")
             grow = ops.minimum(grow, kernel.max_grow)
             seed = control.step_seed(step, self.seed, number)
-            scores = blocks.to_blocks(self.method.grow_scores(weight, grad, counter, step, seed), block)
+            extra = {}
+            if self._grow_takes_progress:
+                extra["progress"] = updates.progress_at(step, self.start_step, self.end_step_variable)
+            scores = blocks.to_blocks(self.method.grow_scores(weight, grad, counter, step, seed, **extra), block)
         keep = blocks.to_blocks(self.method.drop_scores(weight, grad), block)
         new_mask, grown = updates.drop_and_grow(
             keep, grid_mask, scores, prune + grow, kernel.max_drop, grow, kernel.max_grow

@@ -9,17 +9,27 @@ import math
 from keras import ops
 
 
-def drop_fraction_at(step, start_step, end_step, drop_fraction):
-    """Cosine decay of the drop fraction: `drop_fraction` at `start_step`, 0 at
+def progress_at(step, start_step, end_step):
+    """How far the mask-update schedule has got: 0 at `start_step`, 1 at
     `end_step` and after it."""
     step = ops.cast(step, "float32")
     start = ops.cast(start_step, "float32")
     end = ops.cast(end_step, "float32")
-    progress = ops.clip((step - start) / ops.maximum(end - start, 1.0), 0.0, 1.0)
-    return 0.5 * drop_fraction * (1.0 + ops.cos(math.pi * progress))
+    return ops.clip((step - start) / ops.maximum(end - start, 1.0), 0.0, 1.0)
 
 
-def grow_scores(grad, counter, step, exploration, epsilon, normalize=True):
+def cosine_decay(progress):
+    """1 at progress 0, falling along a half cosine to 0 at progress 1."""
+    return 0.5 * (1.0 + ops.cos(math.pi * progress))
+
+
+def drop_fraction_at(step, start_step, end_step, drop_fraction):
+    """Cosine decay of the drop fraction: `drop_fraction` at `start_step`, 0 at
+    `end_step` and after it."""
+    return drop_fraction * cosine_decay(progress_at(step, start_step, end_step))
+
+
+def grow_scores(grad, counter, step, exploration, epsilon, normalize=True, bonus_scale=1.0):
     """DST-EE's acquisition score `|g| / mean|g| + c * sqrt(ln t / (N + eps))`.
 
     With `normalize`, the gradient term is divided by its mean over the kernel
@@ -28,7 +38,8 @@ def grow_scores(grad, counter, step, exploration, epsilon, normalize=True):
     `|g| + c * sqrt(...)`. Dividing by a positive constant does not change the
     order within a kernel, so `exploration=0` ranks exactly like RigL; that
     case skips the bonus and the division entirely, which also avoids
-    `0 * inf` when `N = 0` and `epsilon = 0`.
+    `0 * inf` when `N = 0` and `epsilon = 0`. `bonus_scale` multiplies the
+    bonus (a decay over training).
     """
     magnitude = ops.abs(ops.cast(grad, "float32"))
     if exploration == 0:
@@ -37,17 +48,14 @@ def grow_scores(grad, counter, step, exploration, epsilon, normalize=True):
         magnitude = magnitude / (ops.mean(magnitude) + 1e-12)
     log_t = ops.log(ops.maximum(ops.cast(step, "float32"), 1.0))
     bonus = ops.sqrt(log_t / (counter + epsilon))
-    return magnitude + exploration * bonus
+    return magnitude + (exploration * bonus_scale) * bonus
 
 
 def scheduled_density(step, start_step, end_step, initial, final):
     """Gradual pruning's cubic schedule (Zhu & Gupta, 2017) in densities:
     `final + (initial - final) * (1 - progress)**3`, `initial` at
     `start_step`, `final` at `end_step` and after it."""
-    step = ops.cast(step, "float32")
-    start = ops.cast(start_step, "float32")
-    end = ops.cast(end_step, "float32")
-    progress = ops.clip((step - start) / ops.maximum(end - start, 1.0), 0.0, 1.0)
+    progress = progress_at(step, start_step, end_step)
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
