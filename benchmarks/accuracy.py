@@ -19,6 +19,7 @@ import platform
 import statistics
 
 import keras
+from common import BUILDERS
 from common import METHODS
 from common import RESULTS
 from common import load_cifar10
@@ -47,7 +48,7 @@ def main():
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--update-freq", type=int)
-    parser.add_argument("--model", choices=["small_cnn", "resnet50_cifar"], default="small_cnn")
+    parser.add_argument("--model", choices=sorted(BUILDERS), default="small_cnn")
     parser.add_argument("--out", help="result file (default: results/accuracy[_quick].json)")
     args = parser.parse_args()
     epochs = args.epochs or (4 if args.quick else 10)

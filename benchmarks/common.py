@@ -47,6 +47,22 @@ def small_cnn(num_classes=10):
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="small_cnn")
 
 
+def augmented_mlp(num_classes=10):
+    """`keras_dstee.models.mlp_cifar` behind the flip and translation of
+    `small_cnn` (inactive at inference)."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant")(x)
+    return keras.Model(inputs, keras_dstee.models.mlp_cifar(num_classes)(x), name="mlp")
+
+
+BUILDERS = {
+    "small_cnn": small_cnn,
+    "mlp": augmented_mlp,
+    "resnet50_cifar": lambda: keras_dstee.models.resnet50_cifar(10),
+}
+
+
 def make_callback(method, sparsity, seed, update_freq=100, **kwargs):
     """The sparse-training callback for a registered `method`, or None for dense."""
     if method == "dense":
@@ -55,13 +71,14 @@ def make_callback(method, sparsity, seed, update_freq=100, **kwargs):
 
 
 def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, update_freq=100,
-                model="small_cnn", **method_args):
-    """Trains `model` (`small_cnn` or `resnet50_cifar`) once; returns test
-    accuracy, coverage and time."""
+                model="small_cnn", curves=False, **method_args):
+    """Trains `model` (a name in `BUILDERS`) once; returns test accuracy,
+    coverage and time; with `curves`, also per-epoch `val_accuracy` (on the
+    first 2,000 test images) and `coverage`."""
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(seed)
     name = model
-    model = small_cnn() if name == "small_cnn" else keras_dstee.models.resnet50_cifar(10)
+    model = BUILDERS[name]()
     steps = int(np.ceil(len(x_train) / batch_size)) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
     model.compile(
@@ -71,8 +88,11 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
     )
     callback = make_callback(method, sparsity, seed, update_freq, **method_args)
     start = time.time()
-    model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=0,
-              callbacks=[callback] if callback else [])
+    history = model.fit(
+        x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=0,
+        callbacks=[callback] if callback else [],
+        validation_data=(x_test[:2000], y_test[:2000]) if curves else None,
+    )
     seconds = time.time() - start
     _, accuracy = model.evaluate(x_test, y_test, batch_size=500, verbose=0)
     stats = callback.optimizer.sparsity_stats() if callback else {"sparsity": 0.0, "coverage": 1.0}
@@ -88,4 +108,5 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
         "update_freq": update_freq,
         "model": name,
         **method_args,
+        **({"curves": {k: history.history.get(k) for k in ("val_accuracy", "coverage")}} if curves else {}),
     }

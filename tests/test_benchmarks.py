@@ -1,0 +1,56 @@
+"""The prepared GPU run passes its seconds-long CPU check, and the
+exploration study's table pairs DST-EE with RigL by seed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10 = os.path.join(ROOT, "..", "shared", "data", "cifar10.npz")
+
+
+def _benchmark_module(name):
+    """Imports `benchmarks/<name>.py`; its `common` (the benchmarks' one)
+    leaves `sys.modules` afterwards, so the examples' `common` stays free."""
+    saved = sys.modules.pop("common", None)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("common", None)
+        if saved is not None:
+            sys.modules["common"] = saved
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="gpu.sh runs on JAX")
+@pytest.mark.skipif(not os.path.isfile(CIFAR10), reason="../shared/data/cifar10.npz missing")
+def test_gpu_script_tiny(tmp_path):
+    env = dict(os.environ, GPU_SH_TINY="1")
+    result = subprocess.run(
+        ["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), CIFAR10, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    with open(tmp_path / "gpu_exploration.json") as f:
+        runs = json.load(f)["runs"]
+    assert sorted(r["variant"] for r in runs) == ["dstee", "rigl"]
+    assert all(r["sparsity"] == 0.98 and abs(r["actual_sparsity"] - 0.98) < 1e-3 for r in runs)
+    assert "| small_cnn | 0.98 | dstee |" in (tmp_path / "gpu_exploration.md").read_text()
+    assert (tmp_path / "gpu_exploration.png").stat().st_size > 0
+
+
+def test_paired_differences_are_by_seed():
+    paired_table = _benchmark_module("exploration_regimes").paired_table
+
+    def run(variant, seed, accuracy):
+        return {"model": "m", "sparsity": 0.98, "variant": variant, "seed": seed, "test_accuracy": accuracy, "coverage": 0.1}
+
+    runs = [run("rigl", 0, 0.50), run("rigl", 1, 0.60), run("dstee", 0, 0.52), run("dstee", 1, 0.59)]
+    table = paired_table(runs, ["rigl", "dstee"])
+    # +2.00 and -1.00 points: mean +0.50, sample std 2.12.
+    assert "+2.00, -1.00 (+0.50 +- 2.12)" in table
