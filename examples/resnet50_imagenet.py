@@ -4,18 +4,20 @@
     python examples/resnet50_imagenet.py --method rigl --sparsity 0.9
 
 Data: `--data DIR` with `train/` and `val/` folders of class subfolders (the
-usual ImageNet layout), read with `keras.utils.image_dataset_from_directory`;
-a DIR of class folders without `train/` is split 90/10. Without --data,
-tensorflow-datasets' `imagenet2012`, which needs its manual download in
-place (tfds never fetches ImageNet itself).
+usual ImageNet layout); a DIR of class folders without `train/` is split
+90/10. Without --data, tensorflow-datasets' `imagenet2012`, which needs its
+manual download in place (tfds never fetches ImageNet itself). The input
+pipeline (`imagenet_input.py`, tf.data, parallel decoding, prefetch) is the
+papers': random-resized crops (8-100% of the area, aspect 3/4-4/3) to
+224x224 with horizontal flips for training; shorter side to 256 and the
+central 224x224 crop for evaluation.
 
 Defaults: ResNet-50 v1 (`keras_dstee.models.resnet50_imagenet`), 100 epochs,
 SGD momentum 0.9 (Nesterov), learning rate 0.1 per 256 images scaled
 linearly with the batch (Goyal et al., 2017), 5 linear warm-up epochs, then
 divided by 10 at epochs 30, 60 and 90 (He et al., 2016; Goyal et al., 2017),
 label smoothing 0.1 and weight decay 1e-4 (the RigL ImageNet setup, Evci et
-al., 2020, which DST-EE follows), batch 256, 224x224 random crops with
-horizontal flips.
+al., 2020, which DST-EE follows), batch 256.
 """
 
 import os
@@ -24,9 +26,8 @@ import keras
 from common import parser
 from common import require
 from common import train_and_report
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from imagenet_input import folder_datasets
+from imagenet_input import tfds_datasets
 
 
 class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -45,61 +46,6 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps, "boundaries": self.boundaries}
-
-
-def folder_datasets(root, size, batch_size, seed):
-    """Train/val `tf.data` pipelines from class folders."""
-    import tensorflow as tf
-
-    if not os.path.isdir(root):
-        raise SystemExit(f"--data: no such folder: {root}")
-    load = dict(image_size=(int(size * 1.14), int(size * 1.14)), batch_size=None, seed=seed)
-    if os.path.isdir(os.path.join(root, "train")):
-        train = keras.utils.image_dataset_from_directory(os.path.join(root, "train"), shuffle=True, **load)
-        val = keras.utils.image_dataset_from_directory(os.path.join(root, "val"), shuffle=False, **load)
-    else:
-        train, val = keras.utils.image_dataset_from_directory(
-            root, validation_split=0.1, subset="both", shuffle=True, **load
-        )
-    num_classes = len(train.class_names)
-    return _pipelines(tf, train, val, size, batch_size, seed), num_classes
-
-
-def tfds_datasets(size, batch_size, seed):
-    import tensorflow as tf
-
-    tfds = require("tensorflow_datasets")
-
-    try:
-        (train, val), info = tfds.load(
-            "imagenet2012", split=["train", "validation"], as_supervised=True, with_info=True, download=False
-        )
-    except Exception as error:  # noqa: BLE001
-        raise SystemExit(
-            "ImageNet is not prepared for tensorflow-datasets (it needs the manual download) and "
-            f"no --data folder was given.\n{error}"
-        ) from None
-    resize = lambda x, y: (tf.image.resize(x, (int(size * 1.14),) * 2), y)  # noqa: E731
-    train, val = train.map(resize), val.map(resize)
-    return _pipelines(tf, train, val, size, batch_size, seed), info.features["label"].num_classes
-
-
-def _pipelines(tf, train, val, size, batch_size, seed):
-    crop = keras.layers.RandomCrop(size, size, seed=seed)
-    flip = keras.layers.RandomFlip("horizontal", seed=seed)
-    center = keras.layers.CenterCrop(size, size)
-
-    def normalise(x):
-        return (tf.cast(x, "float32") / 255.0 - MEAN) / STD
-
-    train = (
-        train.shuffle(10_000, seed=seed)
-        .batch(batch_size, drop_remainder=True)
-        .map(lambda x, y: (flip(crop(normalise(x))), y), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    val = val.batch(batch_size).map(lambda x, y: (center(normalise(x)), y)).prefetch(tf.data.AUTOTUNE)
-    return train, val
 
 
 def main():
@@ -121,7 +67,7 @@ def main():
     if args.data:
         (train, val), num_classes = folder_datasets(args.data, args.image_size, args.batch_size, args.seed)
     else:
-        (train, val), num_classes = tfds_datasets(args.image_size, args.batch_size, args.seed)
+        (train, val), num_classes = tfds_datasets(args.image_size, args.batch_size, args.seed, require("tensorflow_datasets"))
     steps_per_epoch = 2 if args.smoke else int(train.cardinality())
     peak = args.lr or 0.1 * args.batch_size / 256
     schedule = WarmupStepDecay(

@@ -101,3 +101,32 @@ def test_a_missing_package_names_its_extra():
         sys.path.pop(0)
     with pytest.raises(SystemExit, match=r"no_such_module.*keras-dstee\[examples\]"):
         common.require("no_such_module")
+
+
+def test_imagenet_augmentation_is_the_papers():
+    """Training crops are `size` x `size` and cover 8-100% of the image with
+    aspect ratio 3/4-4/3; evaluation is the central crop of the image
+    resized to 256 on its shorter side (for 224)."""
+    tf = pytest.importorskip("tensorflow")
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import imagenet_input
+    finally:
+        sys.path.pop(0)
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.integers(0, 256, size=(300, 400, 3)).astype("uint8"))
+    for _ in range(20):
+        assert tuple(imagenet_input.train_image(tf, image, 224).shape) == (224, 224, 3)
+    # The crop box itself, with the ranges the example passes.
+    for _ in range(50):
+        _, size, _ = tf.image.sample_distorted_bounding_box(
+            tf.shape(image), tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), min_object_covered=0.0,
+            aspect_ratio_range=imagenet_input.ASPECT_RANGE, area_range=imagenet_input.AREA_RANGE,
+            max_attempts=10, use_image_if_no_bounding_boxes=True,
+        )
+        h, w = int(size[0]), int(size[1])
+        assert 0.08 * 300 * 400 * 0.95 <= h * w <= 300 * 400
+    evaluated = imagenet_input.eval_image(tf, image, 224).numpy()
+    resized = tf.image.resize(image, (256, 341)).numpy()  # shorter side 300 -> 256
+    expected = (resized[16:240, 58:282] / 255.0 - imagenet_input.MEAN) / imagenet_input.STD
+    np.testing.assert_allclose(evaluated, expected, atol=1e-5)
