@@ -14,6 +14,7 @@ from keras.src.utils import tracking
 from keras_dstee import arguments
 from keras_dstee import blocks
 from keras_dstee import control
+from keras_dstee import host
 from keras_dstee import methods
 from keras_dstee import updates
 from keras_dstee.constraints import MaskConstraint
@@ -235,7 +236,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.reset_regrown = arguments.boolean("reset_regrown", reset_regrown)
         self.rescale = arguments.boolean("rescale", rescale)
         seed = arguments.seed(seed)
-        self.seed = int(np.random.randint(2**31 - 1) if seed is None else seed)
+        if seed is None:
+            # Drawn once; every process of a multi-process run uses process 0's.
+            seed = host.same_in_every_process(int(np.random.randint(2**31 - 1)))
+        self.seed = int(seed)
         self.block_size = blocks.check_block_size(block_size)
 
     # --- state ---------------------------------------------------------------
@@ -599,7 +603,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         size = active = zeros = ever_active = 0
         kernels = {id(k.variable): k for k in self.kernels}
         for variable, _ in self.budget:
-            weight = ops.convert_to_numpy(variable)
+            weight = host.to_numpy(variable)
             size += weight.size
             zeros += int(np.sum(weight == 0))
             kernel = kernels.get(id(variable))
@@ -607,20 +611,20 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 active += weight.size
                 ever_active += weight.size
                 continue
-            mask = ops.convert_to_numpy(kernel.mask)
-            counter = ops.convert_to_numpy(kernel.counter)
+            mask = host.to_numpy(kernel.mask)
+            counter = host.to_numpy(kernel.counter)
             active += int(np.sum(mask))
             ever_active += int(np.sum((mask > 0) | (counter > 0)))
-        step = int(ops.convert_to_numpy(self.step))
+        step = int(host.to_numpy(self.step))
         fraction = updates.drop_fraction_at(
             step + 1,
-            int(ops.convert_to_numpy(self.start_step)),
-            int(ops.convert_to_numpy(self.end_step_variable)),
+            int(host.to_numpy(self.start_step)),
+            int(host.to_numpy(self.end_step_variable)),
             self.drop_fraction,
         )
         grows = self.method.updates_masks and self.method.grows
         return {
-            "skipped_updates": int(ops.convert_to_numpy(self.skipped_updates)),
+            "skipped_updates": int(host.to_numpy(self.skipped_updates)),
             "sparsity": 1.0 - active / size if size else 0.0,
             "zero_fraction": zeros / size if size else 0.0,
             "coverage": ever_active / size if size else 0.0,

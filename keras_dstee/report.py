@@ -6,6 +6,7 @@ import re
 import keras
 import numpy as np
 
+from keras_dstee import host
 from keras_dstee.layers import layer_prunable_weights
 from keras_dstee.optimizer import find_sparse_optimizer
 
@@ -113,7 +114,7 @@ def summary(model, input_shape=None, print_fn=None):
     active, block = {}, {}
     if optimizer is not None and optimizer.built:
         # What the masks allow now (a pruning method's budget shrinks).
-        active = {id(k.variable): int(np.sum(keras.ops.convert_to_numpy(k.mask))) for k in optimizer.kernels}
+        active = {id(k.variable): int(np.sum(host.to_numpy(k.mask))) for k in optimizer.kernels}
         block = {id(k.variable): k.block for k in optimizer.kernels}
     blocked = optimizer is not None and optimizer.built and optimizer.block_size is not None
     layers = []
@@ -126,7 +127,7 @@ def summary(model, input_shape=None, print_fn=None):
     rows = []
     for layer, weights in layers:
         for variable in weights:
-            value = keras.ops.convert_to_numpy(variable)
+            value = host.to_numpy(variable)
             nonzeros = int(np.count_nonzero(value))
             # Without the wrapper (a stripped or loaded model) the zeros tell.
             count = active.get(id(variable), nonzeros)
