@@ -17,10 +17,27 @@ from keras_dstee.optimizer import active_positions
 from keras_dstee.optimizer import find_sparse_optimizer
 
 
+def _strategy_name(tf, strategy):
+    """The name users write for a `tf.distribute` strategy."""
+    public = [
+        ("MultiWorkerMirroredStrategy", tf.distribute.MultiWorkerMirroredStrategy),
+        ("MirroredStrategy", tf.distribute.MirroredStrategy),
+        ("TPUStrategy", tf.distribute.TPUStrategy),
+        ("experimental.CentralStorageStrategy", tf.distribute.experimental.CentralStorageStrategy),
+        ("experimental.ParameterServerStrategy", tf.distribute.experimental.ParameterServerStrategy),
+        ("OneDeviceStrategy", tf.distribute.OneDeviceStrategy),
+    ]
+    for name, cls in public:
+        if isinstance(strategy, cls):
+            return f"tf.distribute.{name}"
+    return type(strategy).__name__
+
+
 def _check_distribution(model):
     """Refuses the multi-replica setups the mask update does not handle,
     rather than training wrong: supported are JAX's `keras.distribution`
-    and TensorFlow's `MirroredStrategy` (one machine, several devices)."""
+    (one or several processes) and TensorFlow's `MirroredStrategy` and
+    `MultiWorkerMirroredStrategy`."""
     backend = keras.backend.backend()
     replicas, setup = 1, None
     if backend == "tensorflow":
@@ -28,9 +45,11 @@ def _check_distribution(model):
 
         strategy = getattr(model, "distribute_strategy", None)
         replicas = getattr(strategy, "num_replicas_in_sync", 1)
-        if type(strategy) is tf.distribute.MirroredStrategy:
+        if type(strategy) is tf.distribute.MirroredStrategy or isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
             return
-        setup = type(strategy).__name__
+        setup = _strategy_name(tf, strategy)
     elif backend == "torch":
         import torch.distributed
 
@@ -38,13 +57,20 @@ def _check_distribution(model):
             replicas = torch.distributed.get_world_size()
             setup = "torch.distributed"
     if replicas > 1:
+        hint = (
+            " On torch, train with a custom loop in which every process applies "
+            "the same all-reduced gradients through `SparseOptimizer` (README, "
+            "\"Scaling out\")."
+            if setup == "torch.distributed"
+            else ""
+        )
         raise ValueError(
             f"Sparse training with {setup} over {replicas} replicas is not "
-            "supported: the mask update must see the gradient summed over all "
-            "replicas, which is implemented for TensorFlow's "
-            "`tf.distribute.MirroredStrategy` and for JAX's "
-            "`keras.distribution` (`DataParallel`, `ModelParallel`). Use one "
-            "of those, or train on one device."
+            "supported by the callbacks: the mask update must see the gradient "
+            "summed over all replicas, which is implemented for TensorFlow's "
+            "`tf.distribute.MirroredStrategy` and `MultiWorkerMirroredStrategy` "
+            "and for JAX's `keras.distribution` (`DataParallel`, `ModelParallel`, "
+            f"one or several processes). Use one of those, or train on one device.{hint}"
         )
 
 

@@ -24,11 +24,25 @@ def to_numpy(value):
 
 def same_in_every_process(seed):
     """`seed` as process 0 drew it, in every process of a multi-process run
-    (JAX `jax.distributed`, `torch.distributed`), so that random masks and
-    random growth agree everywhere even when the processes' numpy states
-    differ."""
+    (JAX `jax.distributed`, TensorFlow `MultiWorkerMirroredStrategy`,
+    `torch.distributed`), so that random masks and random growth agree
+    everywhere even when the processes' numpy states differ."""
     backend = keras.backend.backend()
-    if backend == "jax":
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.get_strategy()
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and getattr(
+            strategy.extended, "_in_multi_worker_mode", lambda: False
+        )()
+        if multi_worker:
+            # Worker 0's replicas hold the seed, the others 0; a sum then
+            # holds it once per replica of worker 0.
+            mine = seed if strategy.cluster_resolver.task_id == 0 else 0
+            local = len(strategy.extended.worker_devices)
+            total = strategy.reduce("SUM", strategy.run(lambda: tf.constant(mine, tf.int64)), axis=None)
+            return int(total.numpy()) // local
+    elif backend == "jax":
         import jax
 
         if jax.process_count() > 1:

@@ -1,8 +1,9 @@
-"""Several processes on one machine (loopback only, bounded in time): with
-JAX's `jax.distributed` (`keras.distribution.initialize`), `DataParallel`
-and `ModelParallel` across 2 processes give the same masks in every process,
-equal to one process on the same global batches; `seed=None` agrees across
-processes whatever their numpy states."""
+"""Several processes on one machine (loopback only, bounded in time): JAX's
+`jax.distributed` (`keras.distribution.initialize`) with `DataParallel` and
+`ModelParallel`, and TensorFlow's `MultiWorkerMirroredStrategy`, across 2
+processes give the same masks in every process, equal to one process on the
+same global batches; `seed=None` agrees across processes whatever their
+numpy states."""
 
 import json
 import os
@@ -18,7 +19,7 @@ BACKEND = keras.backend.backend()
 # One process of a run: argv = mode, process id, port, output file, seed.
 JAX_WORKER = """
 import os, sys, json
-mode, pid, port, out, seed = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+mode, pid, port, out, seed = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")[0], sys.argv[4], sys.argv[5]
 seed = None if seed == "none" else int(seed)
 import numpy as np, keras, keras_dstee, jax
 if mode != "single":
@@ -58,22 +59,99 @@ with open(out, "w") as f:
 """
 
 
+# One worker of a run: argv = mode, worker index, ports, output file, seed,
+# method. Keras's own bug under this strategy is patched here, in the test.
+TF_WORKER = """
+import os, sys, json
+mode, pid, ports, out, seed, method = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4], sys.argv[5], sys.argv[6]
+seed = None if seed == "none" else int(seed)
+if mode == "multi_worker":
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                          "task": {"type": "worker", "index": pid}})
+import numpy as np, tensorflow as tf, keras, keras_dstee
+
+
+def patch_keras_20585():
+    '''keras-team/keras#20585: stock Keras 3 `fit` fails under
+    MultiWorkerMirroredStrategy. Each patch only changes what would crash:
+    a per-replica batch given to the symbolic build (the local replica's
+    batch is used), and a MEAN over axis 0 of a scalar (over no axis).'''
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                local = lambda v: self.distribute_strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                data_batch = tf.nest.map_structure(local, batch)
+                break
+            with self.distribute_strategy.scope():
+                return self._symbolic_build(data_batch=data_batch)
+        return build(self, iterator=iterator, data_batch=data_batch)
+
+    reduce_per_replica = tf_trainer.reduce_per_replica
+
+    def reduce(values, strategy, reduction):
+        if tf_trainer._collective_all_reduce_multi_worker(strategy) and reduction in ("auto", "mean"):
+            def mean(v):
+                rank = strategy.experimental_local_results(v)[0].shape.rank
+                return strategy.reduce("MEAN", v, axis=0 if rank else None)
+            return tf.nest.map_structure(mean, values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    tf_trainer.reduce_per_replica = reduce
+
+
+strategy = tf.distribute.get_strategy()
+if mode == "multi_worker":
+    patch_keras_20585()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 16)).astype("float32"); y = rng.integers(0, 5, size=256)
+keras.utils.set_random_seed(0)
+np.random.seed(pid)
+if mode == "multi_worker":
+    halves = x.reshape(8, 2, 16, 16), y.reshape(8, 2, 16)
+    def per_worker(context):
+        i = context.input_pipeline_id
+        return tf.data.Dataset.from_tensor_slices((halves[0][:, i].reshape(-1, 16), halves[1][:, i].reshape(-1))).batch(16)
+    data = strategy.distribute_datasets_from_function(per_worker)
+else:
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+with strategy.scope():
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu", name="wide"),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(5)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+history = model.fit(data, epochs=2, steps_per_epoch=8, verbose=0,
+                    callbacks=[keras_dstee.SparseTraining(method, sparsity=0.8, distribution="uniform", update_freq=2, seed=seed)])
+result = {"replicas": strategy.num_replicas_in_sync, "kernels": [np.flatnonzero(keras.ops.convert_to_numpy(k.mask)).tolist() for k in model.optimizer.kernels],
+          "active": [k.active for k in model.optimizer.kernels], "sparsity": history.history["sparsity"]}
+with open(out, "w") as f:
+    json.dump(result, f)
+"""
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def run_processes(script, mode, count, seed, folder, timeout=600):
+def run_processes(script, mode, count, seed, folder, *extra, timeout=600):
     """Starts `count` processes of `script`; returns their JSON outputs.
     Every process is killed if the run takes longer than `timeout` seconds."""
-    port = str(free_port())
+    port = ",".join(str(free_port()) for _ in range(count))
     env = dict(os.environ, KERAS_BACKEND=BACKEND)
     env.pop("XLA_FLAGS", None)  # one CPU device per process
+    env.pop("TF_CONFIG", None)
     outputs = [os.path.join(folder, f"{mode}_{seed}_{i}.json") for i in range(count)]
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", script, mode, str(i), port, outputs[i], str(seed)],
+            [sys.executable, "-c", script, mode, str(i), port, outputs[i], str(seed), *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for i in range(count)
@@ -118,3 +196,20 @@ def test_jax_two_processes_agree_without_a_seed(tmp_path):
     # Each process seeds numpy differently before the callback draws a seed.
     first, second = run_processes(JAX_WORKER, "data_parallel", 2, "none", str(tmp_path))
     assert masks(first) == masks(second)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
+def test_tf_two_workers_match_one(tmp_path):
+    (single,) = run_processes(TF_WORKER, "single", 1, 0, str(tmp_path), "dstee")
+    first, second = run_processes(TF_WORKER, "multi_worker", 2, 0, str(tmp_path), "dstee")
+    assert first["replicas"] == 2
+    assert first["kernels"] == second["kernels"] == single["kernels"]
+    assert [len(k) for k in first["kernels"]] == first["active"]
+    assert first["sparsity"] == second["sparsity"] == single["sparsity"]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on the tensorflow backend")
+def test_tf_two_workers_agree_without_a_seed(tmp_path):
+    # SET grows at random: without a seed every worker still draws alike.
+    first, second = run_processes(TF_WORKER, "multi_worker", 2, "none", str(tmp_path), "set")
+    assert first["kernels"] == second["kernels"]
