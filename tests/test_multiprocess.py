@@ -1,6 +1,7 @@
 """Several processes on one machine (loopback only, bounded in time): JAX's
 `jax.distributed` (`keras.distribution.initialize`) with `DataParallel` and
-`ModelParallel`, and TensorFlow's `MultiWorkerMirroredStrategy`, across 2
+`ModelParallel`, TensorFlow's `MultiWorkerMirroredStrategy`, and a torch
+custom loop over `torch.distributed` (gloo) that averages gradients, across 2
 processes give the same masks in every process, equal to one process on the
 same global batches; `seed=None` agrees across processes whatever their
 numpy states."""
@@ -135,6 +136,54 @@ with open(out, "w") as f:
 """
 
 
+# One rank of a torch.distributed run (gloo): the README's custom loop, the
+# gradients averaged over ranks before `SparseOptimizer.apply`.
+TORCH_WORKER = """
+import os, sys, json
+mode, rank, ports, out, seed = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4], sys.argv[5]
+seed = None if seed == "none" else int(seed)
+import numpy as np, torch, torch.distributed as dist, keras, keras_dstee
+world = 1
+if mode == "ddp":
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[0]}", rank=rank, world_size=2)
+    world = 2
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 16)).astype("float32"); y = rng.integers(0, 5, size=256)
+keras.utils.set_random_seed(0)
+np.random.seed(rank)  # different numpy states: seed=None must still agree
+model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
+                          keras.layers.Dense(64, activation="relu"), keras.layers.Dense(5)])
+loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+densities = keras_dstee.layer_densities(model, sparsity=0.8, distribution="uniform")
+optimizer = keras_dstee.SparseOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), densities,
+                                        method="set", update_freq=2, end_step=12, seed=seed)
+optimizer.build(model.trainable_variables)
+optimizer.install()
+per_rank = 32 // world
+for step in range(16):
+    start = (step % 8) * 32 + rank * per_rank
+    batch = slice(start, start + per_rank)
+    xb, yb = torch.as_tensor(x[batch]), torch.as_tensor(y[batch])
+    loss = loss_fn(yb, model(xb, training=True))
+    model.zero_grad()
+    loss.backward()
+    grads = [v.value.grad for v in model.trainable_variables]
+    if world > 1:
+        for g in grads:  # the mean gradient of the global batch, on every rank
+            dist.all_reduce(g)
+            g /= world
+    with torch.no_grad():
+        optimizer.apply(grads, model.trainable_variables)
+result = {"kernels": [np.flatnonzero(keras.ops.convert_to_numpy(k.mask)).tolist() for k in optimizer.kernels],
+          "active": [k.active for k in optimizer.kernels],
+          "weights": [keras.ops.convert_to_numpy(v).tolist() for v in model.trainable_variables]}
+with open(out, "w") as f:
+    json.dump(result, f)
+if world > 1:
+    dist.destroy_process_group()
+"""
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -212,4 +261,19 @@ def test_tf_two_workers_match_one(tmp_path):
 def test_tf_two_workers_agree_without_a_seed(tmp_path):
     # SET grows at random: without a seed every worker still draws alike.
     first, second = run_processes(TF_WORKER, "multi_worker", 2, "none", str(tmp_path), "set")
+    assert first["kernels"] == second["kernels"]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed runs on the torch backend")
+def test_torch_two_ranks_match_one(tmp_path):
+    import numpy as np
+
+    (single,) = run_processes(TORCH_WORKER, "single", 1, 0, str(tmp_path))
+    first, second = run_processes(TORCH_WORKER, "ddp", 2, 0, str(tmp_path))
+    assert first["kernels"] == second["kernels"] == single["kernels"]
+    assert [len(k) for k in first["kernels"]] == first["active"]
+    for a, b, c in zip(first["weights"], second["weights"], single["weights"]):
+        np.testing.assert_array_equal(a, b)  # the same update on every rank
+        np.testing.assert_allclose(a, c, atol=1e-5)  # the all-reduce sums in another order
+    first, second = run_processes(TORCH_WORKER, "ddp", 2, "none", str(tmp_path))
     assert first["kernels"] == second["kernels"]
