@@ -22,6 +22,8 @@ from cifar import load_cifar
 from common import cifar_datasets
 from common import parser
 from common import train_and_report
+from runtime import configure
+from runtime import resumed_epoch
 
 from keras_dstee import models
 
@@ -37,20 +39,24 @@ DEFAULTS = {
 
 def main():
     args = parser(__doc__.splitlines()[0], DEFAULTS).parse_args()
+    scope = configure(args)
     keras.utils.set_random_seed(args.seed)
     train, test = load_cifar("cifar10", args.data)
     if args.smoke:
         train, test = (train[0][:256], train[1][:256]), (test[0][:500], test[1][:500])
         args.epochs, args.batch_size, args.update_freq = min(args.epochs, 2), min(args.batch_size, 32), 1
         args.width = min(args.width, 0.125)
-    train_ds, test_ds = cifar_datasets(train, test, args.batch_size, args.seed)
-    steps = len(train[0]) // args.batch_size * args.epochs
-    optimizer = keras.optimizers.AdamW(keras.optimizers.schedules.CosineDecay(args.lr, steps), weight_decay=0.05)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model = models.mlp_cifar(10, width=args.width)
     block = "x".join(map(str, args.block_size)) if args.block_size else "unstructured"
     args.out = args.out or os.path.join("runs", f"mlp_cifar10_{args.method}_{args.sparsity}_{block}")
-    return train_and_report(model, args, train_ds, test_ds, optimizer, loss, None)
+    train_ds, test_ds, steps = cifar_datasets(
+        train, test, args.batch_size, args.seed, args.epochs, resumed_epoch(args.out), 2 if args.smoke else None
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with scope():
+        schedule = keras.optimizers.schedules.CosineDecay(args.lr, steps * args.epochs)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.05)
+        model = models.mlp_cifar(10, width=args.width)
+    return train_and_report(model, args, train_ds, test_ds, optimizer, loss, None, steps, scope)
 
 
 if __name__ == "__main__":

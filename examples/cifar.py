@@ -15,8 +15,11 @@ import keras
 from common import cifar_datasets
 from common import load_npz
 from common import parser
+from common import require
 from common import require_online
 from common import train_and_report
+from runtime import configure
+from runtime import resumed_epoch
 
 DEFAULTS = {
     "epochs": 160,
@@ -28,16 +31,35 @@ DEFAULTS = {
 
 
 def load_cifar(name, data):
-    """(train, test) arrays: from `data` (.npz) or, online, tfds/keras.datasets."""
+    """(train, test) arrays: from `data` (.npz); else from tensorflow-datasets
+    when `name` is prepared in its local data folder (`TFDS_DATA_DIR`, default
+    ~/tensorflow_datasets); else, online, from keras.datasets."""
     if data:
         return load_npz(data)
+    local = _tfds_local(name)
+    if local is not None:
+        return local
     require_online(name, DEFAULTS["data_help"])
     loader = {"cifar10": keras.datasets.cifar10, "cifar100": keras.datasets.cifar100}[name]
     return loader.load_data()
 
 
+def _tfds_local(name):
+    """CIFAR from a locally prepared tfds folder, or None. Checked on disk
+    first: tfds may otherwise reach for the network."""
+    folder = os.path.join(os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")), name)
+    if not os.path.isdir(folder):
+        return None
+    tfds = require("tensorflow_datasets")
+    train, test = tfds.as_numpy(
+        tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True, download=False)
+    )
+    return (train[0], train[1].reshape(-1)), (test[0], test[1].reshape(-1))
+
+
 def run(description, dataset, num_classes, build_model, out):
     args = parser(description, dict(DEFAULTS, out=out)).parse_args()
+    scope = configure(args)
     keras.utils.set_random_seed(args.seed)
     train, test = load_cifar(dataset, args.data)
     if args.smoke:
@@ -49,13 +71,16 @@ def run(description, dataset, num_classes, build_model, out):
         args.width = min(args.width, 0.125)
     if train[1].max() >= num_classes:
         raise SystemExit(f"--data has labels up to {train[1].max()}, but the model has {num_classes} classes")
-    train_ds, test_ds = cifar_datasets(train, test, args.batch_size, args.seed)
-    steps = len(train[0]) // args.batch_size * args.epochs
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [int(0.5 * steps), int(0.75 * steps)], [args.lr, args.lr * 0.1, args.lr * 0.01]
-    )
-    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model = build_model(num_classes, width=args.width)
     args.out = args.out or os.path.join("runs", f"{dataset}_{args.method}_{args.sparsity}")
-    return train_and_report(model, args, train_ds, test_ds, optimizer, loss, None)
+    train_ds, test_ds, steps = cifar_datasets(
+        train, test, args.batch_size, args.seed, args.epochs, resumed_epoch(args.out), 2 if args.smoke else None
+    )
+    total = steps * args.epochs
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [int(0.5 * total), int(0.75 * total)], [args.lr, args.lr * 0.1, args.lr * 0.01]
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with scope():
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        model = build_model(num_classes, width=args.width)
+    return train_and_report(model, args, train_ds, test_ds, optimizer, loss, None, steps, scope)

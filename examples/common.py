@@ -8,6 +8,7 @@ import time
 
 import keras
 import numpy as np
+import runtime
 
 import keras_dstee
 
@@ -33,6 +34,7 @@ def parser(description, defaults):
     p.add_argument("--data", help=defaults["data_help"])
     p.add_argument("--out", default=defaults["out"], help="folder for logs, plots, .keras and .tflite")
     p.add_argument("--smoke", action="store_true", help="a few steps of the same model at width 1/8 (CI)")
+    runtime.add_arguments(p)
     return p
 
 
@@ -90,34 +92,46 @@ def load_npz(path):
     return (data["x_train"], data["y_train"].reshape(-1)), (data["x_test"], data["y_test"].reshape(-1))
 
 
-def cifar_datasets(train, test, batch_size, seed):
+def cifar_datasets(train, test, batch_size, seed, epochs, start_epoch=0, steps=None):
     """tf.data pipelines with the CIFAR augmentation: 4-pixel zero padding,
-    random 32x32 crop, horizontal flip; per-channel standardisation."""
+    random 32x32 crop, horizontal flip; per-channel standardisation.
+
+    Epoch `e`'s order and augmentation depend only on `(seed, e)`
+    (stateless random ops), and the training pipeline starts at
+    `start_epoch`, so a resumed run sees the batches an uninterrupted one
+    would. `steps`: batches per epoch (default: all full batches).
+    """
     tf = require("tensorflow")
 
     (x_train, y_train), (x_test, y_test) = train, test
     mean = x_train.reshape(-1, 3).mean(axis=0) / 255.0
     std = x_train.reshape(-1, 3).std(axis=0) / 255.0
-    crop = keras.layers.RandomCrop(32, 32, seed=seed)
-    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+    steps = steps or len(x_train) // batch_size
+    x_all, y_all = tf.constant(x_train), tf.constant(y_train)
 
     def normalise(x, y):
         return (tf.cast(x, "float32") / 255.0 - mean) / std, tf.cast(y, "int32")
 
-    def augment(x, y):
-        x = tf.pad(x, [[0, 0], [4, 4], [4, 4], [0, 0]])
-        return flip(crop(x)), y
+    def augment(epoch, index):
+        key = tf.stack([tf.cast(seed, "int64") * 1_000_003 + epoch, index])
+        x = tf.pad(tf.gather(x_all, index), [[4, 4], [4, 4], [0, 0]])
+        x = tf.image.stateless_random_crop(x, (32, 32, 3), seed=key)
+        return tf.image.stateless_random_flip_left_right(x, seed=key + 1), tf.gather(y_all, index)
 
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        .shuffle(len(x_train), seed=seed)
-        .batch(batch_size, drop_remainder=True)
-        .map(normalise)
-        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    def epoch_data(epoch):
+        key = tf.stack([tf.cast(seed, "int64"), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(x_train), dtype="int64"), seed=key)
+        return (
+            tf.data.Dataset.from_tensor_slices(order)
+            .map(lambda i: augment(epoch, i), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(normalise, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size, drop_remainder=True)
+            .take(steps)
+        )
+
+    train_ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(epoch_data).prefetch(tf.data.AUTOTUNE)
     test_ds = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(batch_size).map(normalise)
-    return train_ds, test_ds
+    return train_ds, test_ds, steps
 
 
 def make_callback(args):
@@ -141,25 +155,28 @@ class SparsityLogger(keras.callbacks.Callback):
             logs.setdefault("coverage", 1.0)
 
 
-def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shape):
-    """Trains with the chosen method, then writes everything to `args.out`:
-    `log.csv`, `summary.txt`, `model.keras`, `model.tflite`, `curves.png`
-    and `results.json`."""
+def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shape, steps, scope):
+    """Trains with the chosen method (`steps` per epoch, compiled in
+    `scope`), then writes everything to `args.out`: `log.csv`,
+    `tensorboard/`, `summary.txt`, `model.keras`, `model.tflite`,
+    `curves.png` and `results.json`. Rerunning the same command after a kill
+    continues from the last finished epoch (`backup/`)."""
     os.makedirs(args.out, exist_ok=True)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    with scope():
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     sparse = make_callback(args)
-    callbacks = ([sparse] if sparse else []) + [
-        SparsityLogger(),
-        keras.callbacks.CSVLogger(os.path.join(args.out, "log.csv")),
-    ]
+    resuming = runtime.resumed_epoch(args.out) > 0
+    callbacks = ([sparse] if sparse else []) + [SparsityLogger()]
+    callbacks += runtime.callbacks(args.out, args.batch_size, steps, resuming)
     start = time.time()
     history = model.fit(
         train_ds,
         validation_data=test_ds,
         epochs=args.epochs,
+        steps_per_epoch=steps,
         callbacks=callbacks,
         verbose=2 if args.smoke else 1,
-        **({"steps_per_epoch": 2, "validation_steps": 1} if args.smoke else {}),
+        **({"validation_steps": 1} if args.smoke else {}),
     )
     train_seconds = time.time() - start
     _, accuracy = model.evaluate(test_ds, verbose=0, **({"steps": 1} if args.smoke else {}))
@@ -192,6 +209,9 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
         "tflite_dense_bytes": tflite["dense_bytes"],
         "tflite_accelerated_layers": tflite.get("accelerated"),
         "train_seconds": train_seconds,
+        "images_per_second": history.history.get("images_per_second", [None])[-1],
+        "devices": args.devices,
+        "dtype_policy": args.dtype_policy,
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

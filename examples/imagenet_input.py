@@ -7,7 +7,10 @@ et al., 2017 and RigL's ImageNet code, Evci et al., 2020). Evaluation: the
 shorter side resized to `size * 256 / 224` (256 for 224) and the central
 `size` x `size` crop. Both normalise with the ImageNet mean and standard
 deviation. Decoding and augmentation run in parallel in the pipeline, which
-prefetches, so the accelerators are not starved.
+prefetches, so the accelerators are not starved. Epoch `e`'s order and crops
+depend only on `(seed, e)` (stateless random ops), and the pipeline starts at
+the epoch a resumed run continues from, so it sees the batches an
+uninterrupted run would.
 """
 
 import os
@@ -24,23 +27,24 @@ def _normalise(tf, image):
     return (tf.cast(image, "float32") / 255.0 - MEAN) / STD
 
 
-def train_image(tf, image, size, seed=None):
-    """The training augmentation of one decoded uint8 image (H, W, 3)."""
+def train_image(tf, image, size, key):
+    """The training augmentation of one decoded uint8 image (H, W, 3);
+    `key`: two int64 numbers seeding its crop and flip."""
     shape = tf.shape(image)
     whole = tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4])
-    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
         bounding_boxes=whole,
+        seed=key,
         min_object_covered=0.0,
         aspect_ratio_range=ASPECT_RANGE,
         area_range=AREA_RANGE,
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
-        seed=seed or 0,
     )
     image = tf.slice(image, begin, crop_size)
     image = tf.image.resize(image, (size, size), method="bilinear")
-    image = tf.image.random_flip_left_right(image, seed=seed)
+    image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
     return _normalise(tf, image)
 
 
@@ -68,7 +72,7 @@ def _files(root):
     return paths, labels, classes
 
 
-def folder_datasets(root, size, batch_size, seed):
+def folder_datasets(root, size, batch_size, seed, epochs, start_epoch, steps=None):
     """Train/val pipelines from `root/train` and `root/val` class folders, or
     from one folder of class folders split 90/10; and the number of classes."""
     import numpy as np
@@ -92,14 +96,14 @@ def folder_datasets(root, size, batch_size, seed):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return image, label
 
-    train = tf.data.Dataset.from_tensor_slices((train_paths, train_labels)).shuffle(len(train_paths), seed=seed)
-    val = tf.data.Dataset.from_tensor_slices((val_paths, val_labels))
-    train = train.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    val = val.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    return pipelines(train, val, size, batch_size, seed), len(classes)
+    files = tf.data.Dataset.from_tensor_slices((train_paths, train_labels))
+    val = tf.data.Dataset.from_tensor_slices((val_paths, val_labels)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    # Decoding follows the shuffle of the (cheap) file names.
+    pipes = pipelines(files, val, size, batch_size, seed, epochs, start_epoch, steps, len(train_paths), decode)
+    return pipes, len(classes)
 
 
-def tfds_datasets(size, batch_size, seed, tfds):
+def tfds_datasets(size, batch_size, seed, tfds, epochs, start_epoch, steps=None):
     """Train/val pipelines from tensorflow-datasets' `imagenet2012` (prepared
     locally: tfds never downloads ImageNet itself)."""
     try:
@@ -111,22 +115,35 @@ def tfds_datasets(size, batch_size, seed, tfds):
             "ImageNet is not prepared for tensorflow-datasets (it needs the manual download) and "
             f"no --data folder was given.\n{error}"
         ) from None
-    return pipelines(train.shuffle(10_000, seed=seed), val, size, batch_size, seed), info.features["label"].num_classes
+    pipes = pipelines(train, val, size, batch_size, seed, epochs, start_epoch, steps, 10_000)
+    return pipes, info.features["label"].num_classes
 
 
-def pipelines(train, val, size, batch_size, seed):
+def pipelines(train, val, size, batch_size, seed, epochs, start_epoch, steps, buffer, decode=None):
     """Batched, augmented, prefetched pipelines from (uint8 image, label)
-    datasets of images of any size."""
+    datasets of images of any size (or of files, with `decode`). The
+    training pipeline holds epochs `start_epoch` to `epochs - 1` of `steps`
+    batches each (default: all full batches), shuffled with a `buffer`.
+
+    Returns `(train, val, steps)`."""
     import tensorflow as tf
 
-    train = (
-        train.map(lambda x, y: (train_image(tf, x, size, seed), y), num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    steps = steps or int(train.cardinality()) // batch_size
+
+    def epoch_data(epoch):
+        # A Python seed per epoch: tf.data's shuffle takes no tensor seed.
+        data = train.shuffle(buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+        if decode is not None:
+            data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        keyed = lambda i, xy: (train_image(tf, xy[0], size, tf.stack([tf.constant(seed * 1_000_003 + epoch, "int64"), i])), xy[1])  # noqa: E731
+        return data.enumerate().map(keyed, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=True).take(steps)
+
+    batches = epoch_data(start_epoch)
+    for epoch in range(start_epoch + 1, epochs):
+        batches = batches.concatenate(epoch_data(epoch))
     val = (
         val.map(lambda x, y: (eval_image(tf, x, size), y), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    return train, val
+    return batches.prefetch(tf.data.AUTOTUNE), val, steps

@@ -28,6 +28,8 @@ from common import require
 from common import train_and_report
 from imagenet_input import folder_datasets
 from imagenet_input import tfds_datasets
+from runtime import configure
+from runtime import resumed_epoch
 
 
 class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -60,27 +62,33 @@ def main():
     p = parser(__doc__.splitlines()[0], defaults)
     p.add_argument("--image-size", type=int, default=224, help="training crop size")
     args = p.parse_args()
+    scope = configure(args)
     keras.utils.set_random_seed(args.seed)
     if args.smoke:
         args.epochs, args.batch_size, args.image_size, args.update_freq = 2, 4, 32, 1
         args.width = min(args.width, 0.125)
+    start = resumed_epoch(args.out)
+    pipeline = (args.image_size, args.batch_size, args.seed)
+    schedule_args = (args.epochs, start, 2 if args.smoke else None)
     if args.data:
-        (train, val), num_classes = folder_datasets(args.data, args.image_size, args.batch_size, args.seed)
+        (train, val, steps_per_epoch), num_classes = folder_datasets(args.data, *pipeline, *schedule_args)
     else:
-        (train, val), num_classes = tfds_datasets(args.image_size, args.batch_size, args.seed, require("tensorflow_datasets"))
-    steps_per_epoch = 2 if args.smoke else int(train.cardinality())
+        tfds = require("tensorflow_datasets")
+        (train, val, steps_per_epoch), num_classes = tfds_datasets(*pipeline, tfds, *schedule_args)
     peak = args.lr or 0.1 * args.batch_size / 256
     schedule = WarmupStepDecay(
         peak, 5 * steps_per_epoch, [e * steps_per_epoch for e in (30, 60, 90)]
     )
-    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=1e-4)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
     train = train.map(lambda x, y: (x, _one_hot(y, num_classes)))
     val = val.map(lambda x, y: (x, _one_hot(y, num_classes)))
     from keras_dstee import models
 
-    model = models.resnet50_imagenet(num_classes, input_shape=(args.image_size, args.image_size, 3), width=args.width)
-    train_and_report(model, args, train, val, optimizer, loss, None)
+    with scope():
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        shape = (args.image_size, args.image_size, 3)
+        model = models.resnet50_imagenet(num_classes, input_shape=shape, width=args.width)
+    train_and_report(model, args, train, val, optimizer, loss, None, steps_per_epoch, scope)
 
 
 def _one_hot(y, num_classes):

@@ -5,7 +5,8 @@
 
 Model: `keras_dstee.models.vgg19_cifar` (16 bias-free 3x3 convs with batch
 norm, one dense classifier). Recipe and its sources: see `cifar.py`. Without
---data the data come from `keras.datasets.cifar100` (needs the network); any
+--data the data come from tensorflow-datasets' `cifar100` when it is prepared
+locally (`TFDS_DATA_DIR`), else `keras.datasets.cifar100` (needs the network); any
 .npz in the layout of ../shared/data/cifar10.npz works (the smoke test uses
 that CIFAR-10 file: its 10 labels fit the 100-way head).
 """

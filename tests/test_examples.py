@@ -20,11 +20,20 @@ OUTPUTS = {"log.csv", "summary.txt", "model.keras", "model.tflite", "curves.png"
 needs_data = pytest.mark.skipif(not os.path.isfile(CIFAR10), reason="../shared/data/cifar10.npz missing")
 
 
-def _run(script, args, out):
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+def _environment(**extra):
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), **extra)
+    # Two host devices, so `--distribute auto` runs its distributed path
+    # (TensorFlow splits the CPU itself under --smoke).
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    return env
+
+
+def _run(script, args, out, **env):
     command = [sys.executable, os.path.join(ROOT, "examples", script), "--smoke", "--out", str(out), *args]
     start = time.time()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    result = subprocess.run(
+        command, cwd=ROOT, env=_environment(**env), capture_output=True, text=True, timeout=900, check=False
+    )
     print(f"{script} --smoke on {keras.backend.backend()}: {time.time() - start:.1f} s")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert OUTPUTS <= set(os.listdir(out))
@@ -47,6 +56,10 @@ def test_cifar_example(script, tmp_path):
 def test_block_sparse_mlp_example(tmp_path):
     results = _run("block_sparse_mlp_cifar10.py", ["--data", CIFAR10, "--sparsity", "0.9"], tmp_path / "out")
     assert results["kernel_sparsity"] == pytest.approx(0.9, abs=0.005)
+    # `--distribute auto` used both host devices (torch: one, by design).
+    assert results["devices"] == (1 if keras.backend.backend() == "torch" else 2)
+    assert results["images_per_second"] > 0 and results["dtype_policy"] == "float32"
+    assert os.listdir(tmp_path / "out" / "tensorboard")
     # Every Dense layer of the MLP runs on TFLite's sparse kernel, however
     # ERK spreads the budget (a layer it keeps dense is not counted).
     assert results["tflite_accelerated_layers"] >= 3
@@ -116,7 +129,8 @@ def test_imagenet_augmentation_is_the_papers():
     rng = np.random.default_rng(0)
     image = tf.constant(rng.integers(0, 256, size=(300, 400, 3)).astype("uint8"))
     for _ in range(20):
-        assert tuple(imagenet_input.train_image(tf, image, 224).shape) == (224, 224, 3)
+        key = tf.constant(rng.integers(0, 2**31, size=2), "int64")
+        assert tuple(imagenet_input.train_image(tf, image, 224, key).shape) == (224, 224, 3)
     # The crop box itself, with the ranges the example passes.
     for _ in range(50):
         _, size, _ = tf.image.sample_distorted_bounding_box(
@@ -130,3 +144,28 @@ def test_imagenet_augmentation_is_the_papers():
     resized = tf.image.resize(image, (256, 341)).numpy()  # shorter side 300 -> 256
     expected = (resized[16:240, 58:282] / 255.0 - imagenet_input.MEAN) / imagenet_input.STD
     np.testing.assert_allclose(evaluated, expected, atol=1e-5)
+
+
+@needs_data
+def test_a_killed_run_resumes_to_the_same_model(tmp_path):
+    """Killed after epoch 1 of 2 (as a preemption would), the same command
+    continues from the backup and ends with the weights, hence the masks,
+    of an uninterrupted run, with exact budgets."""
+    args = ["--data", CIFAR10, "--sparsity", "0.9", "--block-size", "none"]
+    script = os.path.join(ROOT, "examples", "block_sparse_mlp_cifar10.py")
+    killed = subprocess.run(
+        [sys.executable, script, "--smoke", "--out", str(tmp_path / "resumed"), *args],
+        cwd=ROOT, env=_environment(KERAS_DSTEE_EXAMPLE_STOP_AFTER_EPOCH="1"),
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert killed.returncode == 3, killed.stderr[-3000:]
+    assert os.path.isfile(tmp_path / "resumed" / "backup" / "training_metadata.json")
+    resumed = _run("block_sparse_mlp_cifar10.py", args, tmp_path / "resumed")
+    whole = _run("block_sparse_mlp_cifar10.py", args, tmp_path / "whole")
+    assert resumed["kernel_sparsity"] == pytest.approx(0.9, abs=0.005)
+    with open(tmp_path / "resumed" / "log.csv") as f:
+        assert len(f.read().strip().splitlines()) == 3  # header, epoch 1, epoch 2
+    a = keras.saving.load_model(tmp_path / "resumed" / "model.keras", compile=False)
+    b = keras.saving.load_model(tmp_path / "whole" / "model.keras", compile=False)
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), keras.ops.convert_to_numpy(y))

@@ -1,0 +1,145 @@
+"""What the examples do around training: the devices (`--distribute`),
+the precision (`--dtype-policy`), and runs that resume after a kill.
+
+Launch commands (README, "Scaling out"): one host uses every local
+accelerator with `--distribute auto` (the default): JAX through
+`keras.distribution.DataParallel`, TensorFlow through `MirroredStrategy`;
+PyTorch trains on one device (Keras has no multi-device `fit` on torch).
+Several JAX hosts: set `KERAS_DISTRIBUTION_JOB_ADDRESSES`,
+`KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID` on
+every host and run the same command; `keras.distribution.initialize()`
+joins them and `DataParallel` spans all their devices.
+"""
+
+import contextlib
+import json
+import os
+import time
+
+import keras
+
+BACKUP = "backup"
+
+
+def add_arguments(parser):
+    parser.add_argument(
+        "--distribute", choices=("auto", "none"), default="auto",
+        help="auto: every local accelerator (JAX DataParallel, TF MirroredStrategy) and, on JAX, "
+        "every host named by KERAS_DISTRIBUTION_* variables; none: one device",
+    )
+    parser.add_argument(
+        "--dtype-policy", default="auto",
+        help="a Keras dtype policy (float32, mixed_bfloat16, mixed_float16); auto: mixed_bfloat16 "
+        "on GPU/TPU, float32 on CPU",
+    )
+
+
+def _accelerators():
+    """The local accelerators (GPU/TPU) of the backend."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [d for d in jax.local_devices() if d.platform != "cpu"]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # Physical: listing logical devices would fix the device setup.
+        return tf.config.list_physical_devices("GPU") + tf.config.list_physical_devices("TPU")
+    import torch
+
+    return list(range(torch.cuda.device_count()))
+
+
+def configure(args):
+    """Sets the dtype policy and the distribution; returns a function giving
+    the scope to build and compile the model in. `--smoke` splits the CPU into 2 devices
+    (TensorFlow) so the distributed path runs in CI; on JAX the test sets
+    `XLA_FLAGS=--xla_force_host_platform_device_count=2`."""
+    policy = args.dtype_policy
+    if policy == "auto":
+        policy = "mixed_bfloat16" if _accelerators() else "float32"
+    keras.config.set_dtype_policy(policy)
+    args.dtype_policy = policy
+    args.devices = 1
+    if args.distribute == "none":
+        return contextlib.nullcontext
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+            keras.distribution.initialize()
+        devices = jax.devices()
+        if len(devices) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            args.devices = len(devices)
+        return contextlib.nullcontext
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU") and args.smoke:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        else:
+            devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        if len(devices) > 1:
+            strategy = tf.distribute.MirroredStrategy(devices)
+            args.devices = strategy.num_replicas_in_sync
+            return strategy.scope
+    return contextlib.nullcontext
+
+
+def resumed_epoch(out):
+    """The epoch a run in `out` continues from: what `BackupAndRestore`
+    recorded before a kill, else 0. The input pipelines start there, so a
+    resumed run sees the batches an uninterrupted one would."""
+    path = os.path.join(out, BACKUP, "training_metadata.json")
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("epoch", 0))
+
+
+class ImagesPerSecond(keras.callbacks.Callback):
+    """Adds `images_per_second` (training throughput) to every epoch's logs."""
+
+    def __init__(self, batch_size, steps):
+        super().__init__()
+        self.images = batch_size * steps
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["images_per_second"] = self.images / (time.perf_counter() - self.start)
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Ends the process abruptly after an epoch, as a preemption would: for
+    testing resumption (`KERAS_DSTEE_EXAMPLE_STOP_AFTER_EPOCH=N`)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            os._exit(3)
+
+
+def callbacks(out, batch_size, steps, resuming):
+    """Backup (a rerun of the same command continues), throughput, CSV and
+    TensorBoard logs, all under `out`; the sparse callback comes first."""
+    result = [
+        keras.callbacks.BackupAndRestore(os.path.join(out, BACKUP)),
+        ImagesPerSecond(batch_size, steps),
+        keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=resuming),
+        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
+    ]
+    stop = os.environ.get("KERAS_DSTEE_EXAMPLE_STOP_AFTER_EPOCH")
+    if stop:
+        result.append(StopAfterEpoch(int(stop)))
+    return result
