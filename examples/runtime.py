@@ -8,7 +8,9 @@ PyTorch trains on one device (Keras has no multi-device `fit` on torch).
 Several JAX hosts: set `KERAS_DISTRIBUTION_JOB_ADDRESSES`,
 `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID` on
 every host and run the same command; `keras.distribution.initialize()`
-joins them and `DataParallel` spans all their devices.
+joins them and `DataParallel` spans all their devices. Several TensorFlow
+hosts (`TF_CONFIG`) are refused with the reason: Keras's own `fit` fails
+under `MultiWorkerMirroredStrategy` today.
 """
 
 import contextlib
@@ -78,6 +80,15 @@ def configure(args):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        if os.environ.get("TF_CONFIG"):
+            # keras_dstee supports MultiWorkerMirroredStrategy, but Keras's
+            # own `fit` does not yet (README, "Scaling out").
+            raise SystemExit(
+                "TF_CONFIG is set, but Keras 3's `fit` fails under MultiWorkerMirroredStrategy "
+                "(keras-team/keras#20585), so these examples train several TensorFlow hosts no "
+                "better than one. Use JAX for several hosts (KERAS_DISTRIBUTION_* variables), or "
+                "unset TF_CONFIG."
+            )
         if not tf.config.list_physical_devices("GPU") and args.smoke:
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
