@@ -85,9 +85,9 @@ def configure(args):
             # own `fit` does not yet (README, "Scaling out").
             raise SystemExit(
                 "TF_CONFIG is set, but Keras 3's `fit` fails under MultiWorkerMirroredStrategy "
-                "(keras-team/keras#20585), so these examples train several TensorFlow hosts no "
-                "better than one. Use JAX for several hosts (KERAS_DISTRIBUTION_* variables), or "
-                "unset TF_CONFIG."
+                "(keras-team/keras#20585), so these examples cannot train on several TensorFlow "
+                "hosts yet. Use JAX for several hosts (KERAS_DISTRIBUTION_* variables), or unset "
+                "TF_CONFIG."
             )
         if not tf.config.list_physical_devices("GPU") and args.smoke:
             cpu = tf.config.list_physical_devices("CPU")[0]
