@@ -22,6 +22,7 @@ import keras
 from common import BUILDERS
 from common import METHODS
 from common import RESULTS
+from common import continue_report
 from common import load_cifar10
 from common import train_cifar
 
@@ -67,12 +68,7 @@ def main():
         "model": args.model,
         "runs": [],
     }
-    if os.path.isfile(out):
-        # Re-running continues: runs of the same setup already done are kept.
-        with open(out) as f:
-            previous = json.load(f)
-        if all(previous.get(k) == report[k] for k in ("backend", "train_images", "epochs", "update_freq", "model")):
-            report["runs"] = previous["runs"]
+    continue_report(out, report, ("backend", "train_images", "epochs", "update_freq", "model"))
     done = {(r["method"], r["sparsity"], r["seed"]) for r in report["runs"]}
     for seed in seeds:
         for method in args.methods:

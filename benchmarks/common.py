@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: CIFAR-10 data, a small CNN, one training run."""
 
+import json
 import os
 import time
 
@@ -13,6 +14,17 @@ CIFAR10 = os.environ.get("CIFAR10", os.path.join(ROOT, "..", "shared", "data", "
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 # Dense first, then every registered method (registration order).
 METHODS = ("dense", *keras_dstee.methods.names())
+
+
+def continue_report(out, report, setup_keys):
+    """`report` with the runs of a previous result file `out` kept when its
+    setup (`setup_keys`) is the same: re-running a benchmark continues."""
+    if os.path.isfile(out):
+        with open(out) as f:
+            previous = json.load(f)
+        if all(previous.get(k) == report[k] for k in setup_keys):
+            report["runs"] = previous["runs"]
+    return report
 
 
 def load_cifar10(path=CIFAR10, train_size=None):

@@ -37,6 +37,7 @@ import sys
 import keras
 from common import BUILDERS
 from common import RESULTS
+from common import continue_report
 from common import load_cifar10
 from common import train_cifar
 
@@ -147,11 +148,7 @@ def main():
         **setup,
         "runs": [],
     }
-    if os.path.isfile(out):
-        with open(out) as f:
-            previous = json.load(f)
-        if all(previous.get(k) == report[k] for k in ("backend", "train_size", "epochs", "update_freq", "models")):
-            report["runs"] = previous["runs"]
+    continue_report(out, report, ("backend", "train_size", "epochs", "update_freq", "models"))
 
     def run(model, variant, sparsity, seed):
         for r in report["runs"]:
