@@ -50,7 +50,11 @@ def test_paired_differences_are_by_seed():
     def run(variant, seed, accuracy):
         return {"model": "m", "sparsity": 0.98, "variant": variant, "seed": seed, "test_accuracy": accuracy, "coverage": 0.1}
 
-    runs = [run("rigl", 0, 0.50), run("rigl", 1, 0.60), run("dstee", 0, 0.52), run("dstee", 1, 0.59)]
-    table = paired_table(runs, ["rigl", "dstee"])
-    # +2.00 and -1.00 points: mean +0.50, sample std 2.12.
-    assert "+2.00, -1.00 (+0.50 +- 2.12)" in table
+    runs = [run("rigl", 0, 0.50), run("rigl", 1, 0.60), run("dstee", 0, 0.52), run("dstee", 1, 0.59),
+            run("set", 1, 0.63), run("set", 0, 0.49)]
+    table = paired_table(runs, ["rigl", "dstee", "set"])
+    # +2.00 and -1.00 points: mean +0.50, sample std 2.12, ahead on 1 of 2 seeds.
+    assert "| dstee | 55.50 +- 4.95 (2) | +2.00, -1.00 (+0.50 +- 2.12; 1/2) |" in table
+    # Paired by seed and listed in seed order, whatever order the runs came in.
+    assert "| set | 56.00 +- 9.90 (2) | -1.00, +3.00 (+1.00 +- 2.83; 1/2) |" in table
+    assert "| rigl | 55.00 +- 7.07 (2) |  |" in table
