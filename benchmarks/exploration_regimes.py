@@ -103,24 +103,23 @@ def plot(runs, variants, path):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    models = sorted({r["model"] for r in runs})
-    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 6), squeeze=False)
-    sparsity = max(r["sparsity"] for r in runs)
-    for column, model in enumerate(models):
-        for variant, style in zip([v for v in variants if v != "set"], ("-", "--", ":", "-.")):
+    panels = sorted({(r["model"], r["sparsity"]) for r in runs})
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 6), squeeze=False)
+    for column, (model, sparsity) in enumerate(panels):
+        for variant, style in zip(variants, ("-", "--", ":", "-.", (0, (1, 4)))):
             group = [r for r in runs if (r["model"], r["sparsity"], r["variant"]) == (model, sparsity, variant)]
             if not group:
                 continue
             for row, key in enumerate(("val_accuracy", "coverage")):
                 curves = [r["curves"][key] for r in group]
                 mean = [statistics.mean(values) for values in zip(*curves)]
-                axes[row][column].plot(range(1, len(mean) + 1), mean, style, label=f"{variant} ({len(group)} seeds)")
+                axes[row][column].plot(range(1, len(mean) + 1), mean, linestyle=style, label=f"{variant} ({len(group)} seeds)")
         axes[0][column].set_title(f"{model}, sparsity {sparsity}")
         axes[0][column].set_ylabel("test accuracy (2k images)")
         axes[1][column].set_ylabel("coverage")
         axes[1][column].set_xlabel("epoch")
         for row in range(2):
-            axes[row][column].legend()
+            axes[row][column].legend(fontsize="small")
             axes[row][column].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
