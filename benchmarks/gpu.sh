@@ -8,29 +8,31 @@
 #   EPOCHS (default 4) sets the epochs per run; the script prints each run's seconds, so a
 #   first run tells how many fit. GPU_SH_OVERHEAD=1 adds the train-step overhead check.
 #   GPU_SH_TINY=1 runs a seconds-long version (for checking the script on a CPU).
+#   PYTHON (default python3) is the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/data/cifar10.npz}"
 out="${2:-${OUT:-benchmarks/results}}"
 mkdir -p "$out"
+py="${PYTHON:-python3}"
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export KERAS_BACKEND=jax CIFAR10="$data"
-python3 -c "import jax; print('devices:', jax.devices())"
+"$py" -c "import jax; print('devices:', jax.devices())"
 if [ "${GPU_SH_TINY:-0}" = 1 ]; then
   model=small_cnn; size=512; epochs=1; seeds="0"; freq=2; steps=4; repeats=1
 else
   model=resnet50_cifar; size=20000; epochs="${EPOCHS:-4}"; seeds="0 1 2"; freq=20; steps=60; repeats=3
 fi
 if [ "${GPU_SH_OVERHEAD:-0}" = 1 ]; then
-  python3 benchmarks/overhead.py --model "$model" --steps "$steps" --repeats "$repeats" --warmup 3 \
+  "$py" benchmarks/overhead.py --model "$model" --steps "$steps" --repeats "$repeats" --warmup 3 \
     --out "$out/gpu_overhead.json" | tee "$out/gpu_overhead.txt"
 fi
 # shellcheck disable=SC2086  # seeds is a list
-python3 benchmarks/exploration_regimes.py --models "$model" --variants rigl dstee \
+"$py" benchmarks/exploration_regimes.py --models "$model" --variants rigl dstee \
   --sparsities 0.98 --seeds $seeds --epochs "$epochs" --train-size "$size" --update-freq "$freq" \
   --out "$out/gpu_exploration.json" | tee "$out/gpu_exploration.txt"

@@ -30,7 +30,7 @@ def _benchmark_module(name):
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="gpu.sh runs on JAX")
 @pytest.mark.skipif(not os.path.isfile(CIFAR10), reason="../shared/data/cifar10.npz missing")
 def test_gpu_script_tiny(tmp_path):
-    env = dict(os.environ, GPU_SH_TINY="1")
+    env = dict(os.environ, GPU_SH_TINY="1", PYTHON=sys.executable)
     result = subprocess.run(
         ["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), CIFAR10, str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=900, check=False,
