@@ -63,10 +63,18 @@ def method_of(variant):
     return "dstee" if variant.startswith("dstee") else variant
 
 
+def confidence_interval(values, level=0.95):
+    """Student-t interval of the mean of a few paired differences."""
+    from scipy import stats
+
+    half = stats.t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return statistics.mean(values) - half, statistics.mean(values) + half
+
+
 def paired_table(runs, variants):
     """Mean accuracy per method, and each method minus RigL paired by seed."""
     lines = [
-        "| model | sparsity | method | test accuracy % (mean +- std, n) | minus RigL per seed (mean +- std; seeds ahead) | coverage |",
+        "| model | sparsity | method | test accuracy % (mean +- std, n) | minus RigL per seed (mean +- std; 95% CI; seeds ahead) | coverage |",
         "|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["model"], r["sparsity"]) for r in runs})
@@ -84,10 +92,11 @@ def paired_table(runs, variants):
                 if diffs:
                     sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
                     ahead = sum(d > 0 for d in diffs)
-                    paired = (
-                        f"{', '.join(f'{d:+.2f}' for d in diffs)} "
-                        f"({statistics.mean(diffs):+.2f} +- {sd:.2f}; {ahead}/{len(diffs)})"
-                    )
+                    paired = f"{', '.join(f'{d:+.2f}' for d in diffs)} ({statistics.mean(diffs):+.2f} +- {sd:.2f}; "
+                    if len(diffs) > 1:
+                        low, high = confidence_interval(diffs)
+                        paired += f"95% CI {low:+.2f} to {high:+.2f}; "
+                    paired += f"{ahead}/{len(diffs)})"
             coverage = statistics.mean(r["coverage"] for r in group.values())
             lines.append(
                 f"| {model} | {sparsity} | {variant} | {statistics.mean(accs):.2f} +- {spread:.2f} ({len(accs)}) | "

@@ -53,8 +53,9 @@ def test_paired_differences_are_by_seed():
     runs = [run("rigl", 0, 0.50), run("rigl", 1, 0.60), run("dstee", 0, 0.52), run("dstee", 1, 0.59),
             run("set", 1, 0.63), run("set", 0, 0.49)]
     table = paired_table(runs, ["rigl", "dstee", "set"])
-    # +2.00 and -1.00 points: mean +0.50, sample std 2.12, ahead on 1 of 2 seeds.
-    assert "| dstee | 55.50 +- 4.95 (2) | +2.00, -1.00 (+0.50 +- 2.12; 1/2) |" in table
+    # +2.00 and -1.00 points: mean +0.50, sample std 2.12, t(0.975, 1) = 12.706,
+    # half-width 12.706 * 2.12 / sqrt(2) = 19.06; ahead on 1 of 2 seeds.
+    assert "| dstee | 55.50 +- 4.95 (2) | +2.00, -1.00 (+0.50 +- 2.12; 95% CI -18.56 to +19.56; 1/2) |" in table
     # Paired by seed and listed in seed order, whatever order the runs came in.
-    assert "| set | 56.00 +- 9.90 (2) | -1.00, +3.00 (+1.00 +- 2.83; 1/2) |" in table
+    assert "| set | 56.00 +- 9.90 (2) | -1.00, +3.00 (+1.00 +- 2.83; 95% CI -24.41 to +26.41; 1/2) |" in table
     assert "| rigl | 55.00 +- 7.07 (2) |  |" in table
