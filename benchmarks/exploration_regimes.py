@@ -18,7 +18,8 @@ cosine, weight decay 5e-4, ERK.
 2. The table: SET, RigL, DST-EE default and the best variant, seeds 0-4,
    both sparsities and architectures, with the paired difference to RigL
    per seed (same seed: same initial mask and data order).
-3. A plot of test accuracy and coverage per epoch, RigL vs DST-EE.
+3. A plot of test accuracy and coverage per epoch, every method, one
+   column per architecture and sparsity.
 
 Every run is appended to `benchmarks/results/exploration_regimes[_quick].json`
 (or `--out`) as it finishes; re-running skips the runs already there.
