@@ -24,6 +24,7 @@ from common import METHODS
 from common import RESULTS
 from common import continue_report
 from common import load_cifar10
+from common import spread
 from common import train_cifar
 
 
@@ -34,9 +35,8 @@ def table(runs):
     for method, sparsity in keys:
         group = [r for r in runs if r["method"] == method and r["sparsity"] == sparsity]
         accs = [100 * r["test_accuracy"] for r in group]
-        spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
         coverage = statistics.mean(r["coverage"] for r in group)
-        lines.append(f"| {method} | {sparsity} | {statistics.mean(accs):.2f} +- {spread:.2f} | {len(group)} | {coverage:.3f} |")
+        lines.append(f"| {method} | {sparsity} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {len(group)} | {coverage:.3f} |")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import time
 
 import keras
@@ -25,6 +26,11 @@ def continue_report(out, report, setup_keys):
         if all(previous.get(k) == report[k] for k in setup_keys):
             report["runs"] = previous["runs"]
     return report
+
+
+def spread(values):
+    """Sample standard deviation; 0 for a single value (one seed)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def load_cifar10(path=CIFAR10, train_size=None):

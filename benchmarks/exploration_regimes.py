@@ -40,6 +40,7 @@ from common import BUILDERS
 from common import RESULTS
 from common import continue_report
 from common import load_cifar10
+from common import spread
 from common import train_cifar
 
 VARIANTS = {
@@ -72,6 +73,11 @@ def confidence_interval(values, level=0.95):
     return statistics.mean(values) - half, statistics.mean(values) + half
 
 
+def runs_by_seed(runs, model, sparsity, variant):
+    """{seed: run} of one method on one model at one sparsity."""
+    return {r["seed"]: r for r in runs if (r["model"], r["sparsity"], r["variant"]) == (model, sparsity, variant)}
+
+
 def paired_table(runs, variants):
     """Mean accuracy per method, and each method minus RigL paired by seed."""
     lines = [
@@ -81,26 +87,24 @@ def paired_table(runs, variants):
     keys = sorted({(r["model"], r["sparsity"]) for r in runs})
     for model, sparsity in keys:
         for variant in variants:
-            group = {r["seed"]: r for r in runs if (r["model"], r["sparsity"], r["variant"]) == (model, sparsity, variant)}
+            group = runs_by_seed(runs, model, sparsity, variant)
             if not group:
                 continue
             accs = [100 * r["test_accuracy"] for r in group.values()]
-            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
             paired = ""
             if variant != "rigl":
-                rigl = {r["seed"]: r for r in runs if (r["model"], r["sparsity"], r["variant"]) == (model, sparsity, "rigl")}
+                rigl = runs_by_seed(runs, model, sparsity, "rigl")
                 diffs = [100 * (group[s]["test_accuracy"] - rigl[s]["test_accuracy"]) for s in sorted(group) if s in rigl]
                 if diffs:
-                    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
                     ahead = sum(d > 0 for d in diffs)
-                    paired = f"{', '.join(f'{d:+.2f}' for d in diffs)} ({statistics.mean(diffs):+.2f} +- {sd:.2f}; "
+                    paired = f"{', '.join(f'{d:+.2f}' for d in diffs)} ({statistics.mean(diffs):+.2f} +- {spread(diffs):.2f}; "
                     if len(diffs) > 1:
                         low, high = confidence_interval(diffs)
                         paired += f"95% CI {low:+.2f} to {high:+.2f}; "
                     paired += f"{ahead}/{len(diffs)})"
             coverage = statistics.mean(r["coverage"] for r in group.values())
             lines.append(
-                f"| {model} | {sparsity} | {variant} | {statistics.mean(accs):.2f} +- {spread:.2f} ({len(accs)}) | "
+                f"| {model} | {sparsity} | {variant} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} ({len(accs)}) | "
                 f"{paired} | {coverage:.3f} |"
             )
     return "\n".join(lines)
@@ -117,7 +121,7 @@ def plot(runs, variants, path):
     fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 6), squeeze=False)
     for column, (model, sparsity) in enumerate(panels):
         for variant, style in zip(variants, ("-", "--", ":", "-.", (0, (1, 4)))):
-            group = [r for r in runs if (r["model"], r["sparsity"], r["variant"]) == (model, sparsity, variant)]
+            group = runs_by_seed(runs, model, sparsity, variant).values()
             if not group:
                 continue
             for row, key in enumerate(("val_accuracy", "coverage")):
