@@ -33,9 +33,11 @@ def spread(values):
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def load_cifar10(path=CIFAR10, train_size=None):
+def load_cifar10(path=CIFAR10, train_size=None, train_offset=0):
     """The shared CIFAR-10 file: 20k training images, the full test set,
-    standardised per channel with the training statistics."""
+    standardised per channel with the training statistics; with
+    `train_size`, the training images `train_offset` to
+    `train_offset + train_size`."""
     if not os.path.isfile(path):
         raise SystemExit(f"CIFAR-10 file not found: {path} (see ../shared/data/README.md)")
     data = np.load(path)
@@ -45,7 +47,10 @@ def load_cifar10(path=CIFAR10, train_size=None):
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     y_train, y_test = data["y_train"].astype("int32"), data["y_test"].astype("int32")
     if train_size:
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
+        end = train_offset + train_size
+        if end > len(x_train):
+            raise SystemExit(f"--train-offset {train_offset} + --train-size {train_size} > {len(x_train)} images")
+        x_train, y_train = x_train[train_offset:end], y_train[train_offset:end]
     return (x_train, y_train), (x_test, y_test)
 
 

@@ -23,7 +23,7 @@ cosine, weight decay 5e-4, ERK.
 
 Every run is appended to `benchmarks/results/exploration_regimes[_quick].json`
 (or `--out`) as it finishes; re-running skips the runs already there.
-`--models/--variants/--seeds/--sparsities/--epochs/--train-size/--update-freq`
+`--models/--variants/--seeds/--sparsities/--epochs/--train-size/--train-offset/--update-freq`
 override the study's settings; with `--variants`, no selection runs
 (`benchmarks/gpu.sh` uses them for its ResNet-50 comparison).
 """
@@ -55,9 +55,9 @@ SELECTION_SEED = 100
 
 def settings(quick):
     if quick:
-        return {"train_size": 2000, "epochs": 3, "update_freq": 4, "seeds": [0], "sparsities": [0.98],
+        return {"train_offset": 0, "train_size": 2000, "epochs": 3, "update_freq": 4, "seeds": [0], "sparsities": [0.98],
                 "models": ["small_cnn", "mlp"]}
-    return {"train_size": 10000, "epochs": 6, "update_freq": 6, "seeds": [0, 1, 2, 3, 4], "sparsities": [0.98, 0.99],
+    return {"train_offset": 0, "train_size": 10000, "epochs": 6, "update_freq": 6, "seeds": [0, 1, 2, 3, 4], "sparsities": [0.98, 0.99],
             "models": ["small_cnn", "mlp"]}
 
 
@@ -149,13 +149,14 @@ def main():
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--update-freq", type=int)
+    parser.add_argument("--train-offset", type=int, help="first training image (default 0; 10000: the other half)")
     parser.add_argument("--out", help="result file (.json; the table and plot go beside it)")
     args = parser.parse_args()
     setup = settings(args.quick)
     for key in setup:
         if getattr(args, key) is not None:
             setup[key] = getattr(args, key)
-    data = load_cifar10(train_size=setup["train_size"])
+    data = load_cifar10(train_size=setup["train_size"], train_offset=setup["train_offset"])
     out = args.out or os.path.join(RESULTS, "exploration_regimes" + ("_quick" if args.quick else "") + ".json")
     stem = os.path.splitext(out)[0]
     report = {
@@ -165,7 +166,7 @@ def main():
         **setup,
         "runs": [],
     }
-    continue_report(out, report, ("backend", "train_size", "epochs", "update_freq", "models"))
+    continue_report(out, report, ("backend", "train_offset", "train_size", "epochs", "update_freq", "models"))
 
     def run(model, variant, sparsity, seed):
         for r in report["runs"]:
@@ -209,7 +210,8 @@ def main():
         if r["seed"] in setup["seeds"] and r["variant"] in variants and r["model"] in setup["models"]
     ]
     text = (
-        f"{report['command']}: {setup['train_size']} images, {setup['epochs']} epochs, batch 64, "
+        f"{report['command']}: {setup['train_size']} images (from image {setup['train_offset']}), "
+        f"{setup['epochs']} epochs, batch 64, "
         f"masks updated every {setup['update_freq']} steps until 75% of training; backend {report['backend']}, "
         f"{report['machine']}\n\nSelection: {selection}\n\n" + paired_table(table_runs, variants)
     )

@@ -1,6 +1,8 @@
 """The callbacks users pass to `fit`: `SparseTraining` with any method, and
 `DSTEE` and the baselines as shortcuts."""
 
+import difflib
+import inspect
 import math
 import sys
 import warnings
@@ -13,6 +15,7 @@ from keras_dstee import methods
 from keras_dstee import wrapping
 from keras_dstee.distributions import DISTRIBUTIONS
 from keras_dstee.distributions import layer_densities
+from keras_dstee.optimizer import INITIAL_MASKS
 from keras_dstee.optimizer import active_positions
 from keras_dstee.optimizer import find_sparse_optimizer
 
@@ -96,7 +99,8 @@ class SparseTraining(keras.callbacks.Callback):
             or a class, e.g. `exploration=2.0` for `"dstee"`.
         sparsity, distribution, update_freq, drop_fraction, begin, end,
         end_step, rescale, seed, exclude, include_embeddings, dense_first,
-        dense_last, erk_power_scale, reset_regrown, block_size: as for `DSTEE`.
+        dense_last, erk_power_scale, reset_regrown, block_size, initial_mask:
+        as for `DSTEE`.
     """
 
     def __init__(
@@ -109,7 +113,7 @@ class SparseTraining(keras.callbacks.Callback):
         begin=0.0,
         end=0.75,
         end_step=None,
-        rescale=True,
+        rescale=None,
         seed=None,
         exclude=None,
         include_embeddings=False,
@@ -118,9 +122,11 @@ class SparseTraining(keras.callbacks.Callback):
         erk_power_scale=1.0,
         reset_regrown=True,
         block_size=None,
+        initial_mask="random",
         **method_settings,
     ):
         super().__init__()
+        self._check_method_settings(method, method_settings)
         self.method = methods.get(method, **method_settings)
         self.sparsity = arguments.number("sparsity", sparsity, 0, 1, high_open=True)
         if isinstance(distribution, dict):
@@ -140,7 +146,9 @@ class SparseTraining(keras.callbacks.Callback):
         self.end_step = arguments.optional_integer(
             "end_step", end_step, 1, " (optimizer steps) or None"
         )
-        self.rescale = arguments.boolean("rescale", rescale)
+        self.initial_mask = arguments.choice("initial_mask", initial_mask, INITIAL_MASKS)
+        # Rescaling suits a fresh dense initialisation, not trained weights.
+        self.rescale = initial_mask == "random" if rescale is None else arguments.boolean("rescale", rescale)
         self.seed = arguments.seed(seed)
         self.exclude = arguments.layer_patterns("exclude", exclude)
         self.include_embeddings = arguments.boolean("include_embeddings", include_embeddings)
@@ -149,11 +157,47 @@ class SparseTraining(keras.callbacks.Callback):
         self.erk_power_scale = arguments.number("erk_power_scale", erk_power_scale, 0, math.inf, high_open=True)
         self.reset_regrown = arguments.boolean("reset_regrown", reset_regrown)
         self.block_size = blocks.check_block_size(block_size)
+        start = self.method.initial_sparsity
+        if start is not None and not isinstance(distribution, dict) and start > self.sparsity:
+            raise ValueError(
+                f"`initial_sparsity={start}` is above `sparsity={self.sparsity}`: "
+                f"{type(self).__name__} only raises the sparsity, from `initial_sparsity` "
+                "at `begin` to `sparsity` at `end`. Give an `initial_sparsity` at or "
+                "below `sparsity`."
+            )
         self.optimizer = None
         self._model_id = None
         self._schedule = None
         self._schedule_pending = False
         self._skipped_updates = 0
+
+    def _check_method_settings(self, method, settings):
+        """A keyword that is neither a callback argument nor one of the
+        method's settings: the error lists both, with the closest name."""
+        if isinstance(method, str) and method in methods.names():
+            method = methods.registered(method)
+        if not (isinstance(method, type) and issubclass(method, methods.Method)):
+            return  # methods.get says what is wrong
+        unknown = sorted(set(settings) - set(method.setting_names))
+        if not unknown:
+            return
+        own = [
+            name
+            for name in inspect.signature(SparseTraining.__init__).parameters
+            if name not in ("self", "method", "method_settings")
+        ]
+        valid = own + list(method.setting_names)
+        close = [m for name in unknown for m in difflib.get_close_matches(name, valid, n=1)]
+        hint = f" Did you mean `{'`, `'.join(close)}`?" if close else ""
+        settings_text = (
+            f"; the settings of method {method.name!r}: {', '.join(method.setting_names)}"
+            if method.setting_names
+            else ""
+        )
+        raise ValueError(
+            f"{type(self).__name__} does not take `{'`, `'.join(unknown)}`.{hint} "
+            f"Its arguments: {', '.join(own)}{settings_text}."
+        )
 
     def on_train_begin(self, logs=None):
         # Keras calls this from its `CallbackList`, which is `self` there.
@@ -296,6 +340,7 @@ class SparseTraining(keras.callbacks.Callback):
             rescale=self.rescale,
             seed=self.seed,
             block_size=self.block_size,
+            initial_mask=self.initial_mask,
         )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -313,6 +358,43 @@ class SparseTraining(keras.callbacks.Callback):
         run_start = step - epoch * (steps or 0)
         begin, end = self._schedule
         self.optimizer.set_schedule(run_start + begin, run_start + end)
+        if self.method.updates_masks:
+            total = steps * self.params["epochs"] if steps else None
+            self._warn_if_few_updates(run_start, run_start + begin, run_start + end, total)
+
+    def _warn_if_few_updates(self, run_start, start, end, total):
+        """Warns when this `fit` (from optimizer step `run_start`, `total`
+        steps or None when unknown) makes fewer than `FEW_UPDATES` mask
+        updates between `start` and `end`: with none, training is static."""
+        step = int(keras.ops.convert_to_numpy(self.optimizer.step))
+        first = max(start, step + 1)
+        last = end - 1 if total is None else min(end - 1, run_start + total)
+        prunes = self.method.initial_sparsity is not None
+        # A pruning method also updates at `end` itself.
+        final = int(prunes and first <= end and (total is None or end <= run_start + total))
+        count = _updates_between(first, last, self.update_freq) + final
+        if count >= FEW_UPDATES:
+            return
+        freq = max(1, (last - first + 1) // FEW_UPDATES)
+        while freq > 1 and _updates_between(first, last, freq) + final < FEW_UPDATES:
+            freq -= 1
+        if count == 0:
+            effect = "the masks never change: this is static sparse training"
+        elif prunes:
+            effect = "the sparsity jumps in a few steps instead of rising gradually"
+        else:
+            effect = "too few for the masks to explore"
+        warnings.warn(
+            f"{type(self).__name__} plans {count} mask update(s) in this fit "
+            f"({'an unknown number of' if total is None else total} optimizer steps; "
+            f"update_freq={self.update_freq}; masks fixed after step {end - run_start}, "
+            f"{self._end_text()}): {effect}. Use update_freq={freq} or lower, or train "
+            "longer (README, \"Choosing the settings\").",
+            stacklevel=2,
+        )
+
+    def _end_text(self):
+        return f"end_step={self.end_step}" if self.end_step is not None else f"end={self.end}"
 
     def on_epoch_end(self, epoch, logs=None):
         # `self.model` syncs the JAX state before the variables are read.
@@ -329,6 +411,15 @@ class SparseTraining(keras.callbacks.Callback):
             )
         self._skipped_updates = skipped
         logs.update(stats)
+
+
+# Fewer mask updates than this in one `fit` get a warning.
+FEW_UPDATES = 5
+
+
+def _updates_between(first, last, freq):
+    """How many multiples of `freq` lie in [first, last]."""
+    return max(0, last // freq - (first - 1) // freq)
 
 
 def _schedule_is_over(optimizer):
@@ -382,6 +473,7 @@ class DSTEE(SparseTraining):
             the drop fraction, to 0 at `end`.
         rescale: multiply the kept initial weights by `1 / sqrt(density)`, so
             the sparse network starts with the variance of the dense one.
+            None (default): only with `initial_mask="random"`.
         seed: int seeding the initial masks; `None` picks one at random.
         exclude: a layer name, regular expression (matched against whole
             layer names) or layer class whose weights stay dense, or a list
@@ -402,6 +494,10 @@ class DSTEE(SparseTraining):
             makes `Dense` layers run faster than dense in TFLite
             (`keras_dstee.export_tflite(..., optimize_for="latency")`);
             kernels that do not divide into blocks stay unstructured.
+        initial_mask: `"random"` (default: training from scratch) or
+            `"magnitude"`: each kernel starts from its largest weights, for
+            sparsifying a pretrained model without throwing away its most
+            important weights at the first step.
     """
 
     def __init__(self, sparsity=0.9, **kwargs):
@@ -479,20 +575,21 @@ class Static(SparseTraining):
 
     Args:
         sparsity, distribution, rescale, seed, exclude, include_embeddings,
-        dense_first, dense_last, block_size: as for `DSTEE`.
+        dense_first, dense_last, block_size, initial_mask: as for `DSTEE`.
     """
 
     def __init__(
         self,
         sparsity=0.9,
         distribution="erk",
-        rescale=True,
+        rescale=None,
         seed=None,
         exclude=None,
         include_embeddings=False,
         dense_first=False,
         dense_last=False,
         block_size=None,
+        initial_mask="random",
     ):
         super().__init__(
             "static",
@@ -505,4 +602,5 @@ class Static(SparseTraining):
             dense_first=dense_first,
             dense_last=dense_last,
             block_size=block_size,
+            initial_mask=initial_mask,
         )

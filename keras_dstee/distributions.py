@@ -100,10 +100,22 @@ def layer_densities(
     """
     from keras_dstee import layers as layers_lib
 
+    if not isinstance(distribution, dict):
+        arguments.number("sparsity", sparsity, 0, 1, high_open=True)
+    arguments.number("erk_power_scale", erk_power_scale, 0, math.inf, high_open=True)
     if not model.built:
         raise ValueError(
             "The model is not built yet, so its kernels don't exist: call it "
             "on a batch or `model.build(input_shape)` first."
+        )
+    unbuilt = layers_lib.unbuilt_prunable_layers(model)
+    if unbuilt:
+        raise ValueError(
+            f"Model {model.name!r} is built but its layers {unbuilt} are not, so "
+            "their kernels don't exist yet: a subclassed model without a "
+            "`build()` method creates its layers' weights only when it is "
+            "called, and `model.build(input_shape)` does not call it. Call "
+            "the model on a batch first, e.g. `model(x[:1])`."
         )
     pairs = layers_lib.prunable_layer_variables(model, include_embeddings, exclude)
     ends = [p for p, keep in ((pairs[:1], dense_first), (pairs[-1:], dense_last)) if keep]

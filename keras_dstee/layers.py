@@ -100,6 +100,17 @@ def prunable_layer_variables(model, include_embeddings=False, exclude=None):
     return [(owner[id(v)], v) for v in model.trainable_variables if id(v) in owner]
 
 
+def unbuilt_prunable_layers(model):
+    """Names of the layers of `model` that would have prunable kernels but
+    are not built yet (a subclassed model built without being called)."""
+    kinds = tuple(PRUNABLE_WEIGHTS)
+    return [
+        layer.name
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if not layer.built and (isinstance(layer, kinds) or hasattr(layer, "get_prunable_weights"))
+    ]
+
+
 def prunable_variables(model, include_embeddings=False, exclude=None):
     """The trainable variables of `model` that are trained sparse (see
     `prunable_layer_variables`)."""

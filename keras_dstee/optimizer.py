@@ -21,6 +21,10 @@ from keras_dstee.constraints import MaskConstraint
 from keras_dstee.constraints import masked
 from keras_dstee.distributions import active_count
 
+#: How the initial masks are chosen: at random (training from scratch) or
+#: by weight magnitude (sparsifying a pretrained model).
+INITIAL_MASKS = ("random", "magnitude")
+
 
 @dataclasses.dataclass(eq=False)
 class SparseKernel:
@@ -167,7 +171,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             restarts at 0 with zeroed slots, like every grown weight; False
             keeps its value and slots.
         rescale: whether kept weights are multiplied by `1 / sqrt(density)`
-            on the first step.
+            on the first step; None (default): with a `"random"` initial
+            mask only (a pretrained model keeps its weights as they are).
         seed: int seeding the initial masks (and random growth).
         block_size: None (unstructured), or `(input, output)`: masks
             change in whole blocks over each kernel's last two axes, scored
@@ -176,6 +181,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             (FullyConnected) kernel runs faster than dense. A kernel whose
             last two axes do not divide by it stays unstructured (a warning
             names it; `keras_dstee.summary` shows each kernel's pattern).
+        initial_mask: `"random"` (default: training from scratch), or
+            `"magnitude"`: each kernel starts with its largest-magnitude
+            weights (block L1 with `block_size`) active, so a pretrained
+            model keeps its most important weights; the mask is chosen from
+            the weights when it is installed (`install()` or the first step).
         name: the optimizer's name.
     """
 
@@ -189,9 +199,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         end_step=None,
         initial_densities=None,
         reset_regrown=True,
-        rescale=True,
+        rescale=None,
         seed=None,
         block_size=None,
+        initial_mask="random",
         name=None,
         **kwargs,
     ):
@@ -234,7 +245,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.drop_fraction = arguments.number("drop_fraction", drop_fraction, 0, 1)
         self.end_step = arguments.optional_integer("end_step", end_step, 1)
         self.reset_regrown = arguments.boolean("reset_regrown", reset_regrown)
-        self.rescale = arguments.boolean("rescale", rescale)
+        self.initial_mask = arguments.choice("initial_mask", initial_mask, INITIAL_MASKS)
+        # Rescaling suits a fresh dense initialisation, not trained weights.
+        self.rescale = initial_mask == "random" if rescale is None else arguments.boolean("rescale", rescale)
         seed = arguments.seed(seed)
         if seed is None:
             # Drawn once; every process of a multi-process run uses process 0's.
@@ -292,6 +305,21 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.budget.append((variable, active))
             if active < math.prod(shape):
                 self.kernels.append(self._add_kernel(index, variable, initial, active, block))
+        if not self.kernels:
+            warnings.warn(
+                "SparseOptimizer trains no kernel sparse: every variable in "
+                "`densities` has density 1 (or none is listed), so the model "
+                "trains dense. `keras_dstee.layer_densities(model, sparsity)` "
+                "gives densities below 1.",
+                stacklevel=2,
+            )
+        clamped = self._clamped_initial_densities(var_list)
+        if clamped:
+            warnings.warn(
+                f"`initial_densities` below the final density for {clamped}: a pruning "
+                "method only removes weights, so these kernels start at their final density.",
+                stacklevel=2,
+            )
         unstructured = [k.variable.path for k in self.kernels if self.block_size and k.block is None]
         if unstructured:
             warnings.warn(
@@ -299,6 +327,16 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 f"{unstructured}: they are trained unstructured.",
                 stacklevel=2,
             )
+
+    def _clamped_initial_densities(self, var_list):
+        """Paths whose given initial density is below the final one."""
+        if self.initial_densities is None:
+            return []
+        return [
+            v.path
+            for v, start, final in zip(var_list, self.initial_densities_by_position, self.densities_by_position)
+            if start is not None and final is not None and start < final
+        ]
 
     def _initial_by_position(self, var_list):
         """Densities when training starts: `initial_densities`, or from the
@@ -455,17 +493,21 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     def _install_once(self, kernels):
         """Masks (and rescales) the kernels on the first step after a build."""
 
+        by_magnitude = self.initial_mask == "magnitude"
+
         def install():
             values = []
             for k in kernels:
                 w = ops.convert_to_tensor(k.variable)
+                mask = _largest(w, k) if by_magnitude else k.mask
                 scale = math.sqrt(k.size / k.initial_active) if self.rescale else 1.0
-                values.append(masked(w, k.mask) * scale)
+                values.append(masked(w, mask) * scale)
+                if by_magnitude:
+                    values.append(mask)
             return values
 
-        control.cond_assign(
-            lambda: ops.equal(self.installed, 0), install, [k.variable for k in kernels]
-        )
+        targets = [v for k in kernels for v in ([k.variable, k.mask] if by_magnitude else [k.variable])]
+        control.cond_assign(lambda: ops.equal(self.installed, 0), install, targets)
         self.installed.assign(1)
 
     def _update_masks(self, kernels_and_grads):
@@ -655,6 +697,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "rescale": self.rescale,
             "seed": self.seed,
             "block_size": None if self.block_size is None else list(self.block_size),
+            "initial_mask": self.initial_mask,
         }
 
     @classmethod
@@ -667,6 +710,19 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if isinstance(method, dict):
             config["method"] = methods.registered(method["name"]).from_config(method["config"])
         return cls(inner, **config)
+
+
+def _largest(weight, kernel):
+    """The 0/1 mask of the kernel's `initial_active` largest-magnitude
+    weights (whole blocks by block L1)."""
+    block = kernel.block
+    scores = blocks.to_blocks(ops.abs(ops.cast(weight, "float32")), block)
+    cells = math.prod(scores.shape)
+    drop = cells - kernel.initial_active // blocks.unit(block)
+    if drop == 0:
+        return ops.ones_like(weight, "float32")
+    mask, _ = updates.drop_and_grow(scores, ops.ones_like(scores), None, drop, drop, 0, 0)
+    return blocks.from_blocks(mask, block)
 
 
 def _checked_densities(name, densities):

@@ -84,7 +84,7 @@ def _macs(layer, variable, in_shape, out_shape):
     return size * math.prod(out_shape[1:]) // kernel[-1]
 
 
-def summary(model, input_shape=None, print_fn=None):
+def summary(model, input_shape=None, print_fn=None, optimizer=None):
     """Prints and returns each prunable kernel's density, nonzeros and FLOPs.
 
     FLOPs are inference multiply-adds for one example, counted the way the
@@ -98,6 +98,10 @@ def summary(model, input_shape=None, print_fn=None):
             has no `inputs` (a subclassed model).
         print_fn: function that prints each line; defaults to `print`. Pass
             `lambda line: None` to only get the returned dict.
+        optimizer: the `SparseOptimizer` training the model, for a custom
+            training loop whose model was not compiled with it; by default
+            the model's own optimizer. Without one, the masks are unknown
+            and the table counts exact zeros.
 
     Returns:
         `{"kernels": [...], "total": {...}}`. Each kernel entry has `layer`,
@@ -107,10 +111,18 @@ def summary(model, input_shape=None, print_fn=None):
         `size`, `active`, `nonzeros` and both FLOPs, with the overall
         `density`, `sparsity` (`1 - density`: positions outside the masks,
         the figure the callbacks log) and `zero_fraction` (exact zeros, a
-        little higher right after a mask update: grown weights start at 0).
+        little higher right after a mask update: grown weights start at 0);
+        `from` says what `active` counts: `"masks"`, or `"zeros"` (exact
+        zeros) when no `SparseOptimizer` is known.
     """
     print_fn = print_fn or print
-    optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))
+    if optimizer is None:
+        optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))
+    elif find_sparse_optimizer(optimizer) is None:
+        raise ValueError(f"`optimizer` must be a `keras_dstee.SparseOptimizer`. Received: {optimizer!r}")
+    else:
+        optimizer = find_sparse_optimizer(optimizer)
+        _check_optimizer_trains(optimizer, model)
     active, block = {}, {}
     if optimizer is not None and optimizer.built:
         # What the masks allow now (a pruning method's budget shrinks).
@@ -154,8 +166,18 @@ def summary(model, input_shape=None, print_fn=None):
     # weight grown at the last mask update may still read 0).
     total["sparsity"] = 1.0 - total["active"] / size
     total["zero_fraction"] = 1.0 - total["nonzeros"] / size
+    total["from"] = "masks" if optimizer is not None and optimizer.built else "zeros"
     _print_table(model, rows, total, print_fn, blocked)
     return {"kernels": rows, "total": total}
+
+
+def _check_optimizer_trains(optimizer, model):
+    """Refuses an optimizer built for another model's variables."""
+    if not optimizer.built:
+        raise ValueError("`optimizer` is not built yet: build it on `model.trainable_variables` first.")
+    own = {id(v) for v in model.trainable_variables}
+    if any(id(k.variable) not in own for k in optimizer.kernels):
+        raise ValueError("`optimizer` trains the variables of another model than `model`.")
 
 
 def _block_text(row):
@@ -202,7 +224,11 @@ def _print_table(model, rows, total, print_fn, blocked=False):
     print_fn(rule)
     print_fn(line(footer))
     flops_ratio = total["flops_sparse"] / total["flops_dense"] if total["flops_dense"] else 0.0
-    print_fn(
-        f"Sparsity {total['sparsity']:.4f} (masks), zero weights "
-        f"{total['zero_fraction']:.4f}; inference FLOPs {flops_ratio:.4f}x dense"
-    )
+    if total["from"] == "masks":
+        sparsity = f"Sparsity {total['sparsity']:.4f} (masks), zero weights {total['zero_fraction']:.4f}"
+    else:
+        sparsity = (
+            f"Sparsity {total['sparsity']:.4f} (exact zeros: no SparseOptimizer on the model; "
+            "pass `optimizer=` for its masks)"
+        )
+    print_fn(f"{sparsity}; inference FLOPs {flops_ratio:.4f}x dense")
