@@ -18,6 +18,7 @@ decay, weight decay 0.05, batch 128, 20 epochs, random 32x32 crops of
 import os
 
 import keras
+from cifar import data_help
 from cifar import load_cifar
 from common import cifar_datasets
 from common import parser
@@ -33,7 +34,7 @@ DEFAULTS = {
     "lr": 2e-3,
     "out": None,
     "block_size": (4, 1),
-    "data_help": "an .npz with x_train, y_train, x_test, y_test (e.g. ../shared/data/cifar10.npz)",
+    "data_help": data_help("cifar10"),
 }
 
 
@@ -49,7 +50,8 @@ def main():
     block = "x".join(map(str, args.block_size)) if args.block_size else "unstructured"
     args.out = args.out or os.path.join("runs", f"mlp_cifar10_{args.method}_{args.sparsity}_{block}")
     train_ds, test_ds, steps = cifar_datasets(
-        train, test, args.batch_size, args.seed, args.epochs, resumed_epoch(args.out), 2 if args.smoke else None
+        train, test, args.batch_size, args.seed, args.epochs, resumed_epoch(args.out), 2 if args.smoke else None,
+        args.devices,
     )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     with scope():

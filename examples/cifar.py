@@ -26,8 +26,14 @@ DEFAULTS = {
     "batch_size": 128,
     "lr": 0.1,
     "out": None,
-    "data_help": "an .npz with x_train, y_train, x_test, y_test (e.g. ../shared/data/cifar10.npz)",
 }
+
+
+def data_help(name):
+    return (
+        f"an .npz with x_train, y_train, x_test, y_test of {name} (uint8 images, integer labels); "
+        f"`python examples/prepare_cifar.py {name}` writes one"
+    )
 
 
 def load_cifar(name, data):
@@ -39,7 +45,7 @@ def load_cifar(name, data):
     local = _tfds_local(name)
     if local is not None:
         return local
-    require_online(name, DEFAULTS["data_help"])
+    require_online(name, data_help(name))
     loader = {"cifar10": keras.datasets.cifar10, "cifar100": keras.datasets.cifar100}[name]
     return loader.load_data()
 
@@ -58,7 +64,7 @@ def _tfds_local(name):
 
 
 def run(description, dataset, num_classes, build_model, out):
-    args = parser(description, dict(DEFAULTS, out=out)).parse_args()
+    args = parser(description, dict(DEFAULTS, out=out, data_help=data_help(dataset))).parse_args()
     scope = configure(args)
     keras.utils.set_random_seed(args.seed)
     train, test = load_cifar(dataset, args.data)
@@ -73,7 +79,8 @@ def run(description, dataset, num_classes, build_model, out):
         raise SystemExit(f"--data has labels up to {train[1].max()}, but the model has {num_classes} classes")
     args.out = args.out or os.path.join("runs", f"{dataset}_{args.method}_{args.sparsity}")
     train_ds, test_ds, steps = cifar_datasets(
-        train, test, args.batch_size, args.seed, args.epochs, resumed_epoch(args.out), 2 if args.smoke else None
+        train, test, args.batch_size, args.seed, args.epochs, resumed_epoch(args.out), 2 if args.smoke else None,
+        args.devices,
     )
     total = steps * args.epochs
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(

@@ -23,7 +23,7 @@ def parser(description, defaults):
     p.add_argument("--sparsity", type=float, default=0.9, help="global sparsity of the prunable kernels")
     p.add_argument("--epochs", type=int, default=defaults["epochs"], help="training epochs")
     p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="global batch size")
-    p.add_argument("--lr", type=float, default=defaults["lr"], help=defaults.get("lr_help", "peak learning rate"))
+    p.add_argument("--lr", type=learning_rate, default=defaults["lr"], help=defaults.get("lr_help", "peak learning rate"))
     p.add_argument("--update-freq", type=int, default=100, help="steps between mask updates")
     p.add_argument(
         "--block-size", type=block_size, default=defaults.get("block_size"),
@@ -36,6 +36,11 @@ def parser(description, defaults):
     p.add_argument("--smoke", action="store_true", help="a few steps of the same model at width 1/8 (CI)")
     runtime.add_arguments(p)
     return p
+
+
+def learning_rate(text):
+    """`--lr`: a number, or "auto" (None: the example's own rule)."""
+    return None if str(text).lower() == "auto" else float(text)
 
 
 def block_size(text):
@@ -92,14 +97,17 @@ def load_npz(path):
     return (data["x_train"], data["y_train"].reshape(-1)), (data["x_test"], data["y_test"].reshape(-1))
 
 
-def cifar_datasets(train, test, batch_size, seed, epochs, start_epoch=0, steps=None):
+def cifar_datasets(train, test, batch_size, seed, epochs, start_epoch=0, steps=None, replicas=1):
     """tf.data pipelines with the CIFAR augmentation: 4-pixel zero padding,
     random 32x32 crop, horizontal flip; per-channel standardisation.
 
     Epoch `e`'s order and augmentation depend only on `(seed, e)`
     (stateless random ops), and the training pipeline starts at
     `start_epoch`, so a resumed run sees the batches an uninterrupted one
-    would. `steps`: batches per epoch (default: all full batches).
+    would. `steps`: batches per epoch (default: all full batches). Over
+    several `replicas` the test pipeline drops its last partial batch, as
+    the training one does: a batch smaller than the replica count leaves a
+    replica empty, which `MirroredStrategy` cannot sum.
     """
     tf = require("tensorflow")
 
@@ -130,7 +138,11 @@ def cifar_datasets(train, test, batch_size, seed, epochs, start_epoch=0, steps=N
         )
 
     train_ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(epoch_data).prefetch(tf.data.AUTOTUNE)
-    test_ds = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(batch_size).map(normalise)
+    test_ds = (
+        tf.data.Dataset.from_tensor_slices((x_test, y_test))
+        .batch(batch_size, drop_remainder=replicas > 1)
+        .map(normalise)
+    )
     return train_ds, test_ds, steps
 
 
@@ -176,6 +188,7 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
         steps_per_epoch=steps,
         callbacks=callbacks,
         verbose=2 if args.smoke else 1,
+        shuffle=False,  # the pipelines shuffle each epoch themselves
         **({"validation_steps": 1} if args.smoke else {}),
     )
     train_seconds = time.time() - start

@@ -72,7 +72,7 @@ def _files(root):
     return paths, labels, classes
 
 
-def folder_datasets(root, size, batch_size, seed, epochs, start_epoch, steps=None):
+def folder_datasets(root, size, batch_size, seed, epochs, start_epoch, steps=None, replicas=1):
     """Train/val pipelines from `root/train` and `root/val` class folders, or
     from one folder of class folders split 90/10; and the number of classes."""
     import numpy as np
@@ -99,11 +99,11 @@ def folder_datasets(root, size, batch_size, seed, epochs, start_epoch, steps=Non
     files = tf.data.Dataset.from_tensor_slices((train_paths, train_labels))
     val = tf.data.Dataset.from_tensor_slices((val_paths, val_labels)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     # Decoding follows the shuffle of the (cheap) file names.
-    pipes = pipelines(files, val, size, batch_size, seed, epochs, start_epoch, steps, len(train_paths), decode)
+    pipes = pipelines(files, val, size, batch_size, seed, epochs, start_epoch, steps, len(train_paths), decode, replicas)
     return pipes, len(classes)
 
 
-def tfds_datasets(size, batch_size, seed, tfds, epochs, start_epoch, steps=None):
+def tfds_datasets(size, batch_size, seed, tfds, epochs, start_epoch, steps=None, replicas=1):
     """Train/val pipelines from tensorflow-datasets' `imagenet2012` (prepared
     locally: tfds never downloads ImageNet itself)."""
     try:
@@ -115,15 +115,18 @@ def tfds_datasets(size, batch_size, seed, tfds, epochs, start_epoch, steps=None)
             "ImageNet is not prepared for tensorflow-datasets (it needs the manual download) and "
             f"no --data folder was given.\n{error}"
         ) from None
-    pipes = pipelines(train, val, size, batch_size, seed, epochs, start_epoch, steps, 10_000)
+    pipes = pipelines(train, val, size, batch_size, seed, epochs, start_epoch, steps, 10_000, None, replicas)
     return pipes, info.features["label"].num_classes
 
 
-def pipelines(train, val, size, batch_size, seed, epochs, start_epoch, steps, buffer, decode=None):
+def pipelines(train, val, size, batch_size, seed, epochs, start_epoch, steps, buffer, decode=None, replicas=1):
     """Batched, augmented, prefetched pipelines from (uint8 image, label)
     datasets of images of any size (or of files, with `decode`). The
     training pipeline holds epochs `start_epoch` to `epochs - 1` of `steps`
     batches each (default: all full batches), shuffled with a `buffer`.
+    Over several `replicas` the validation pipeline drops its last partial
+    batch too: one smaller than the replica count leaves a replica empty,
+    which `MirroredStrategy` cannot sum (TF's own ImageNet recipes drop it).
 
     Returns `(train, val, steps)`."""
     import tensorflow as tf
@@ -143,7 +146,7 @@ def pipelines(train, val, size, batch_size, seed, epochs, start_epoch, steps, bu
         batches = batches.concatenate(epoch_data(epoch))
     val = (
         val.map(lambda x, y: (eval_image(tf, x, size), y), num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
+        .batch(batch_size, drop_remainder=replicas > 1)
         .prefetch(tf.data.AUTOTUNE)
     )
     return batches.prefetch(tf.data.AUTOTUNE), val, steps

@@ -54,8 +54,8 @@ def main():
     defaults = {
         "epochs": 100,
         "batch_size": 256,
-        "lr": None,
-        "lr_help": "peak learning rate (default: 0.1 per 256 images of the batch)",
+        "lr": "auto",
+        "lr_help": "peak learning rate; auto: 0.1 per 256 images of the batch",
         "out": os.path.join("runs", "imagenet"),
         "data_help": "a folder of class folders, or with train/ and val/ inside",
     }
@@ -69,7 +69,7 @@ def main():
         args.width = min(args.width, 0.125)
     start = resumed_epoch(args.out)
     pipeline = (args.image_size, args.batch_size, args.seed)
-    schedule_args = (args.epochs, start, 2 if args.smoke else None)
+    schedule_args = (args.epochs, start, 2 if args.smoke else None, args.devices)
     if args.data:
         (train, val, steps_per_epoch), num_classes = folder_datasets(args.data, *pipeline, *schedule_args)
     else:

@@ -14,12 +14,12 @@ from keras_dstee.export import export_saved_model
 from keras_dstee.export import export_tflite
 from keras_dstee.optimizer import SparseOptimizer
 from keras_dstee.report import summary
+from keras_dstee.version import __version__
 from keras_dstee.wrapping import strip
 from keras_dstee.xnnpack import xnnpack_sparse_check
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "DSTEE",
     "GMP",
     "GraNet",

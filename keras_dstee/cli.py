@@ -3,6 +3,7 @@
     keras-dstee summary m.keras
     keras-dstee export m.keras --tflite out.tflite [--int8] [--dense] [--optimize-for latency]
     keras-dstee export m.keras --saved-model out_dir
+    keras-dstee --version
 """
 
 import argparse
@@ -10,6 +11,12 @@ import json
 import os
 import sys
 import zipfile
+
+
+def _version():
+    from keras_dstee.version import __version__
+
+    return __version__
 
 
 def _load(parser, path, compile):
@@ -35,6 +42,7 @@ def _check_folder(parser, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="keras-dstee", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="per-kernel density, nonzeros and FLOPs")
     summary.add_argument("model", help="a .keras file")

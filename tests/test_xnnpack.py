@@ -53,3 +53,14 @@ def test_plain_cnn_lacks_stem_and_pooling():
     assert any("stem" in p for p in report["problems"])
     assert any("GlobalAveragePooling2D" in p for p in report["problems"])
     assert isinstance(report["this_machine"], str) and np.isfinite(report["zero_fraction_1x1"])
+
+
+def test_keras_mobilenet_v2_is_named_as_not_eligible_and_why():
+    """The README says `keras.applications.MobileNetV2` as built does not
+    qualify: its 'same'-padded stem and its head pooled without keepdims."""
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35)
+    report = keras_dstee.xnnpack_sparse_check(model)
+    assert not report["eligible"]
+    assert len(report["problems"]) == 2
+    assert "3x3 stride-2 'valid' Conv2D" in report["problems"][0] and "ZeroPadding2D(1)" in report["problems"][0]
+    assert "GlobalAveragePooling2D(keepdims=True)" in report["problems"][1]
