@@ -9,6 +9,7 @@ from keras_dstee.callback import GraNet
 from keras_dstee.callback import RigL
 from keras_dstee.callback import SparseTraining
 from keras_dstee.callback import Static
+from keras_dstee.channels import channel_groups
 from keras_dstee.distributions import layer_densities
 from keras_dstee.export import export_saved_model
 from keras_dstee.export import export_tflite
@@ -28,6 +29,7 @@ __all__ = [
     "SparseOptimizer",
     "SparseTraining",
     "Static",
+    "channel_groups",
     "export_saved_model",
     "export_tflite",
     "layer_densities",

@@ -139,3 +139,33 @@ def test_initial_mask_is_checked_and_saved(task, tmp_path):
     assert loaded.optimizer.initial_mask == "magnitude"
     for a, b in zip(model.optimizer.kernels, loaded.optimizer.kernels):
         np.testing.assert_array_equal(to_numpy(a.mask), to_numpy(b.mask))
+
+
+def test_a_keras_applications_backbone_from_a_local_weights_file(tmp_path):
+    """The README's path: a `keras.applications` backbone, its weights from
+    a local file, a new head, DST-EE from the largest weights."""
+
+    def backbone():
+        return keras.applications.MobileNetV2(
+            weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3), alpha=0.35
+        )
+
+    keras.utils.set_random_seed(0)
+    path = str(tmp_path / "backbone.weights.h5")
+    backbone().save_weights(path)  # stands in for downloaded weights
+    base = backbone()
+    base.load_weights(path)
+    model = keras.Sequential([base, keras.layers.Dense(3)])
+    pretrained = {w.path: to_numpy(w).copy() for w in model.trainable_variables}
+    _compile(model, keras.optimizers.SGD(0.0))  # lr 0: the masks alone act
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 32, 32, 3)).astype("float32"), rng.integers(0, 3, 32)
+    callback = keras_dstee.DSTEE(sparsity=0.9, initial_mask="magnitude", update_freq=100, seed=0)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    assert_budget(model)
+    for kernel in callback.optimizer.kernels:
+        mask = to_numpy(kernel.mask)
+        kept = np.abs(pretrained[kernel.variable.path])[mask > 0]
+        dropped = np.abs(pretrained[kernel.variable.path])[mask == 0]
+        assert kept.min() >= dropped.max(), kernel.variable.path  # the largest weights, by magnitude
+        np.testing.assert_array_equal(to_numpy(kernel.variable)[mask > 0], pretrained[kernel.variable.path][mask > 0])
