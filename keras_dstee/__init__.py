@@ -15,6 +15,7 @@ from keras_dstee.export import export_saved_model
 from keras_dstee.export import export_tflite
 from keras_dstee.optimizer import SparseOptimizer
 from keras_dstee.report import summary
+from keras_dstee.slimming import slim
 from keras_dstee.version import __version__
 from keras_dstee.wrapping import strip
 from keras_dstee.xnnpack import xnnpack_sparse_check
@@ -35,6 +36,7 @@ __all__ = [
     "layer_densities",
     "methods",
     "models",
+    "slim",
     "strip",
     "summary",
     "xnnpack_sparse_check",

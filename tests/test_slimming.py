@@ -1,0 +1,113 @@
+"""`slim`: a smaller model without the channels that change no output,
+computing the same function, as a plain Keras model."""
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from helpers import to_numpy
+from test_channels import densenet_style
+from test_channels import mobilenet_v2_style
+from test_channels import resnet_style
+from test_channels import vgg_style
+
+import keras_dstee
+
+STYLES = {
+    "vgg": (vgg_style, (8, 8, 3)),
+    "resnet": (resnet_style, (8, 8, 3)),
+    "densenet": (densenet_style, (8, 8, 3)),
+    "mobilenet_v2": (mobilenet_v2_style, (8, 8, 4)),
+}
+
+
+def _silence(slices, channels):
+    """Zeroes the channels' weights in `slices` (what removing them does)."""
+    for s in slices:
+        if s.variable.name in ("moving_mean", "moving_variance"):
+            continue
+        weight = to_numpy(s.variable).copy()
+        index = [slice(None)] * weight.ndim
+        index[s.axis] = np.concatenate([s.positions[c] for c in channels])
+        weight[tuple(index)] = 0.0
+        s.variable.assign(weight)
+
+
+def _remove_some_channels(model, consumers=False):
+    """Silences every other channel of each removable group (and, with
+    `consumers`, what reads it, as channel removal in training does);
+    returns how many channels went."""
+    removed = 0
+    for group in keras_dstee.channel_groups(model):
+        if group.removable:
+            chosen = list(range(0, group.size, 2))
+            _silence(group.producers + group.followers + (group.consumers if consumers else []), chosen)
+            removed += len(chosen)
+    return removed
+
+
+def _parameters(model):
+    return sum(int(np.prod(w.shape)) for w in model.weights)
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_slim_removes_silent_channels_and_computes_the_same(style, tmp_path):
+    build, shape = STYLES[style]
+    model = build()
+    x = np.random.default_rng(0).normal(size=(4, *shape)).astype("float32")
+    assert _remove_some_channels(model) > 0
+    expected = to_numpy(model(x, training=False))
+    slimmed = keras_dstee.slim(model)
+    assert type(slimmed) is type(model)
+    assert _parameters(slimmed) < _parameters(model)
+    np.testing.assert_allclose(to_numpy(slimmed(x, training=False)), expected, atol=1e-5)
+    # A plain Keras model: saved without keras_dstee, loaded, trained on.
+    path = str(tmp_path / "slim.keras")
+    slimmed.save(path)
+    with zipfile.ZipFile(path) as archive:
+        assert "keras_dstee" not in json.dumps(json.loads(archive.read("config.json")))
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(to_numpy(loaded(x, training=False)), expected, atol=1e-5)
+    loaded.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = loaded.fit(x, np.zeros(len(x), "int32"), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_slim_removes_channels_nothing_reads():
+    model = vgg_style()
+    (conv1, _, _) = keras_dstee.channel_groups(model)
+    _silence(conv1.consumers, [0, 1, 2])
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    slimmed = keras_dstee.slim(model)
+    assert slimmed.get_layer("conv1").filters == 3 and slimmed.get_layer("conv2").kernel.shape[-2] == 3
+    np.testing.assert_allclose(to_numpy(slimmed(x, training=False)), to_numpy(model(x, training=False)), atol=1e-5)
+
+
+def test_slim_of_a_sparse_trained_model_computes_the_same():
+    model = vgg_style()
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 64)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+              callbacks=[keras_dstee.DSTEE(sparsity=0.95, update_freq=1, seed=0)])
+    removed = _remove_some_channels(model, consumers=True)
+    slimmed = keras_dstee.slim(model)
+    np.testing.assert_allclose(to_numpy(slimmed(x, training=False)), to_numpy(model(x, training=False)), atol=1e-5)
+    # At 95 % some more channels are unread or silent by themselves: they go too.
+    channels = lambda m: sum(m.get_layer(n).kernel.shape[-1] for n in ("conv1", "conv2"))  # noqa: E731
+    assert channels(slimmed) <= channels(model) - removed + 1
+    assert _parameters(slimmed) < _parameters(model)
+
+
+def test_slim_refuses_what_it_cannot_rebuild():
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="subclassed.*Functional API"):
+        keras_dstee.slim(Net())
+    with pytest.raises(ValueError, match="not built"):
+        keras_dstee.slim(keras.Sequential([keras.layers.Dense(3)]))
