@@ -111,3 +111,23 @@ def test_slim_refuses_what_it_cannot_rebuild():
         keras_dstee.slim(Net())
     with pytest.raises(ValueError, match="not built"):
         keras_dstee.slim(keras.Sequential([keras.layers.Dense(3)]))
+
+
+def test_export_tflite_and_saved_model_with_slim(tmp_path):
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    model = vgg_style()
+    _remove_some_channels(model, consumers=True)
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype("float32")
+    expected = to_numpy(model(x, training=False))
+    full = keras_dstee.export_tflite(model, str(tmp_path / "full.tflite"))
+    slimmed = keras_dstee.export_tflite(model, str(tmp_path / "slim.tflite"), slim=True)
+    assert slimmed["dense_bytes"] < full["dense_bytes"]
+    interpreter = litert.Interpreter(model_path=slimmed["path"])
+    interpreter.allocate_tensors()
+    (inputs,), (outputs,) = interpreter.get_input_details(), interpreter.get_output_details()
+    for example, want in zip(x, expected):
+        interpreter.set_tensor(inputs["index"], example[None])
+        interpreter.invoke()
+        np.testing.assert_allclose(interpreter.get_tensor(outputs["index"])[0], want, atol=1e-5)
+    assert keras_dstee.export_saved_model(model, str(tmp_path / "saved"), slim=True) == str(tmp_path / "saved")
+    assert (tmp_path / "saved" / "saved_model.pb").exists()
