@@ -74,7 +74,7 @@ def test_imagenet_example(tmp_path):
 
     data = np.load(CIFAR10)
     # 5 validation images at batch 4: a last batch of 1, which left one of
-    # the two smoke replicas empty under MirroredStrategy (issue 21).
+    # the two smoke replicas empty under MirroredStrategy (it crashed).
     for split, x, y, per_class in (
         ("train", data["x_train"], data["y_train"], (6, 6, 6)),
         ("val", data["x_test"], data["y_test"], (2, 2, 1)),
