@@ -18,6 +18,7 @@ from keras_dstee.distributions import layer_densities
 from keras_dstee.optimizer import INITIAL_MASKS
 from keras_dstee.optimizer import active_positions
 from keras_dstee.optimizer import find_sparse_optimizer
+from keras_dstee.optimizer import resolve_rescale
 
 
 def _strategy_name(tf, strategy):
@@ -147,8 +148,7 @@ class SparseTraining(keras.callbacks.Callback):
             "end_step", end_step, 1, " (optimizer steps) or None"
         )
         self.initial_mask = arguments.choice("initial_mask", initial_mask, INITIAL_MASKS)
-        # Rescaling suits a fresh dense initialisation, not trained weights.
-        self.rescale = initial_mask == "random" if rescale is None else arguments.boolean("rescale", rescale)
+        self.rescale = resolve_rescale(rescale, self.initial_mask)
         self.seed = arguments.seed(seed)
         self.exclude = arguments.layer_patterns("exclude", exclude)
         self.include_embeddings = arguments.boolean("include_embeddings", include_embeddings)
@@ -360,13 +360,13 @@ class SparseTraining(keras.callbacks.Callback):
         self.optimizer.set_schedule(run_start + begin, run_start + end)
         if self.method.updates_masks:
             total = steps * self.params["epochs"] if steps else None
-            self._warn_if_few_updates(run_start, run_start + begin, run_start + end, total)
+            self._warn_if_few_updates(step, run_start, run_start + begin, run_start + end, total)
 
-    def _warn_if_few_updates(self, run_start, start, end, total):
-        """Warns when this `fit` (from optimizer step `run_start`, `total`
-        steps or None when unknown) makes fewer than `FEW_UPDATES` mask
-        updates between `start` and `end`: with none, training is static."""
-        step = int(keras.ops.convert_to_numpy(self.optimizer.step))
+    def _warn_if_few_updates(self, step, run_start, start, end, total):
+        """Warns when this `fit` (from optimizer step `run_start`, now at
+        `step`; `total` steps or None when unknown) makes fewer than
+        `FEW_UPDATES` mask updates between `start` and `end`: with none,
+        training is static."""
         first = max(start, step + 1)
         last = end - 1 if total is None else min(end - 1, run_start + total)
         prunes = self.method.initial_sparsity is not None

@@ -26,6 +26,12 @@ from keras_dstee.distributions import active_count
 INITIAL_MASKS = ("random", "magnitude")
 
 
+def resolve_rescale(rescale, initial_mask):
+    """`rescale` as given, or by default only for random initial masks:
+    rescaling suits a fresh dense initialisation, not trained weights."""
+    return initial_mask == "random" if rescale is None else arguments.boolean("rescale", rescale)
+
+
 @dataclasses.dataclass(eq=False)
 class SparseKernel:
     """One kernel trained sparse and the state that moves with it.
@@ -246,8 +252,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.end_step = arguments.optional_integer("end_step", end_step, 1)
         self.reset_regrown = arguments.boolean("reset_regrown", reset_regrown)
         self.initial_mask = arguments.choice("initial_mask", initial_mask, INITIAL_MASKS)
-        # Rescaling suits a fresh dense initialisation, not trained weights.
-        self.rescale = initial_mask == "random" if rescale is None else arguments.boolean("rescale", rescale)
+        self.rescale = resolve_rescale(rescale, self.initial_mask)
         seed = arguments.seed(seed)
         if seed is None:
             # Drawn once; every process of a multi-process run uses process 0's.
