@@ -102,7 +102,16 @@ def slim(model):
             config[_width_key(layer)] = widths[layer.name]
         return type(layer).from_config(config)
 
-    slimmed = keras.models.clone_model(model, clone_function=narrower, recursive=True)
+    # Keras compiles a clone like its source: here that would attach the
+    # source's SparseOptimizer (and its masks) to the smaller model.
+    compiled = [m for m in [model, *model._flatten_layers(recursive=True)] if getattr(m, "compiled", False)]
+    for m in compiled:
+        m.compiled = False
+    try:
+        slimmed = keras.models.clone_model(model, clone_function=narrower, recursive=True)
+    finally:
+        for m in compiled:
+            m.compiled = True
     old_layers = list(model._flatten_layers(include_self=False, recursive=True))
     new_layers = list(slimmed._flatten_layers(include_self=False, recursive=True))
     for old, new in zip(old_layers, new_layers):

@@ -100,6 +100,9 @@ def test_slim_of_a_sparse_trained_model_computes_the_same():
     channels = lambda m: sum(m.get_layer(n).kernel.shape[-1] for n in ("conv1", "conv2"))  # noqa: E731
     assert channels(slimmed) <= channels(model) - removed + 1
     assert _parameters(slimmed) < _parameters(model)
+    # A plain model: not compiled with the sparse optimizer, no mask constraint.
+    assert not slimmed.compiled and model.compiled
+    assert not any(isinstance(v.constraint, keras_dstee.constraints.MaskConstraint) for v in slimmed.weights)
 
 
 def test_slim_refuses_what_it_cannot_rebuild():
