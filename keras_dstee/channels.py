@@ -293,6 +293,19 @@ def _has_graph(model):
     )
 
 
+def check_graph_model(model, what):
+    """Refuses, saying what to do, a model whose graph can't be read: a
+    subclassed or an unbuilt one."""
+    if not _has_graph(model):
+        raise ValueError(
+            f"{what} needs a Functional or Sequential model, whose graph it can read; "
+            f"{type(model).__name__} is subclassed. Rebuild it with the Functional API "
+            "(or as a Sequential model) and copy its weights over."
+        )
+    if not model.built or (isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is None):
+        raise ValueError("The model is not built yet: give it an `Input` or call it on a batch first.")
+
+
 def _last_axis_einsum(equation):
     """Whether an EinsumDense equation contracts the input's last axis with
     a 2-D kernel's first and writes the kernel's last (a Dense in einsum)."""
@@ -316,13 +329,7 @@ def channel_groups(model):
         each with `size`, `removable`, `reason` and the `producers`,
         `followers` and `consumers` slices of every weight involved.
     """
-    if not _has_graph(model):
-        raise ValueError(
-            "channel_groups needs a Functional or Sequential model, whose graph it can read; "
-            f"{type(model).__name__} is subclassed. Rebuild it with the Functional API."
-        )
-    if not model.built or (isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is None):
-        raise ValueError("The model is not built yet: give it an `Input` or call it on a batch first.")
+    check_graph_model(model, "channel_groups")
     analysis = _Analysis()
     inputs = [analysis.new_space(t.shape[-1] or 0, "the model's input") for t in keras.tree.flatten(model.inputs)]
     for layout in analysis.run(model, inputs):

@@ -73,14 +73,7 @@ def slim(model):
     Returns:
         The slimmed model (uncompiled). `model` itself is not changed.
     """
-    if not channels._has_graph(model):
-        raise ValueError(
-            f"slim needs a Functional or Sequential model; {type(model).__name__} is "
-            "subclassed, so its graph can't be rebuilt. Rebuild it with the Functional "
-            "API (or as a Sequential model) and copy its weights over."
-        )
-    if not model.built or (isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is None):
-        raise ValueError("The model is not built yet: give it an `Input` or call it on a batch first.")
+    channels.check_graph_model(model, "slim")
     cut, widths = {}, {}  # id(variable) -> {axis: positions}; layer name -> output channels
     for group in channels.channel_groups(model):
         gone = gone_channels(group)

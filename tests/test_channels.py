@@ -188,13 +188,3 @@ def test_the_seed_models_have_what_chase_prunes():
         streams = [g for g in groups if len(g.layers) > 1]
         assert len(streams) == 4 and all(g.removable for g in streams)  # one per stage
 
-
-def test_subclassed_and_unbuilt_models_are_refused():
-    class Net(keras.Model):
-        def call(self, x):
-            return x
-
-    with pytest.raises(ValueError, match="subclassed"):
-        keras_dstee.channel_groups(Net())
-    with pytest.raises(ValueError, match="not built"):
-        keras_dstee.channel_groups(keras.Sequential([L.Dense(3)]))

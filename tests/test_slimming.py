@@ -105,15 +105,16 @@ def test_slim_of_a_sparse_trained_model_computes_the_same():
     assert not any(isinstance(v.constraint, keras_dstee.constraints.MaskConstraint) for v in slimmed.weights)
 
 
-def test_slim_refuses_what_it_cannot_rebuild():
+@pytest.mark.parametrize("function", ["channel_groups", "slim"])
+def test_subclassed_and_unbuilt_models_are_refused(function):
     class Net(keras.Model):
         def call(self, x):
             return x
 
-    with pytest.raises(ValueError, match="subclassed.*Functional API"):
-        keras_dstee.slim(Net())
+    with pytest.raises(ValueError, match=f"{function} needs a Functional or Sequential model.*subclassed"):
+        getattr(keras_dstee, function)(Net())
     with pytest.raises(ValueError, match="not built"):
-        keras_dstee.slim(keras.Sequential([keras.layers.Dense(3)]))
+        getattr(keras_dstee, function)(keras.Sequential([keras.layers.Dense(3)]))
 
 
 def test_export_tflite_and_saved_model_with_slim(tmp_path):
