@@ -11,6 +11,8 @@ import keras
 
 from keras_dstee import arguments
 from keras_dstee import blocks
+from keras_dstee import channel_sparsity as channel_rules
+from keras_dstee import channels
 from keras_dstee import methods
 from keras_dstee import wrapping
 from keras_dstee.distributions import DISTRIBUTIONS
@@ -89,7 +91,8 @@ class SparseTraining(keras.callbacks.Callback):
     callback list, so that every logger (`History`, `CSVLogger`,
     `TensorBoard`, `ModelCheckpoint`'s `monitor`) sees the metrics it adds at
     each epoch end: `sparsity`, `zero_fraction`, `coverage` and
-    `drop_fraction`. A later `fit` on the same model continues from the
+    `drop_fraction`, and `live_channels` for a Functional or Sequential
+    model with removable channels. A later `fit` on the same model continues from the
     existing masks, counters and step, with the settings the model already
     trains with (a callback asking for others gets a warning naming both).
 
@@ -100,8 +103,8 @@ class SparseTraining(keras.callbacks.Callback):
             or a class, e.g. `exploration=2.0` for `"dstee"`.
         sparsity, distribution, update_freq, drop_fraction, begin, end,
         end_step, rescale, seed, exclude, include_embeddings, dense_first,
-        dense_last, erk_power_scale, reset_regrown, block_size, initial_mask:
-        as for `DSTEE`.
+        dense_last, erk_power_scale, reset_regrown, block_size, initial_mask,
+        channel_sparsity, min_channels: as for `DSTEE`.
     """
 
     def __init__(
@@ -124,6 +127,8 @@ class SparseTraining(keras.callbacks.Callback):
         reset_regrown=True,
         block_size=None,
         initial_mask="random",
+        channel_sparsity=0.0,
+        min_channels=0.2,
         **method_settings,
     ):
         super().__init__()
@@ -157,6 +162,9 @@ class SparseTraining(keras.callbacks.Callback):
         self.erk_power_scale = arguments.number("erk_power_scale", erk_power_scale, 0, math.inf, high_open=True)
         self.reset_regrown = arguments.boolean("reset_regrown", reset_regrown)
         self.block_size = blocks.check_block_size(block_size)
+        self.channel_sparsity, self.min_channels = channel_rules.check_settings(channel_sparsity, min_channels)
+        if self.channel_sparsity > 0 and self.block_size is not None:
+            raise ValueError("`channel_sparsity` and `block_size` can't be combined yet: use one of them.")
         start = self.method.initial_sparsity
         if start is not None and not isinstance(distribution, dict) and start > self.sparsity:
             raise ValueError(
@@ -170,6 +178,7 @@ class SparseTraining(keras.callbacks.Callback):
         self._schedule = None
         self._schedule_pending = False
         self._skipped_updates = 0
+        self._groups = None
 
     def _check_method_settings(self, method, settings):
         """A keyword that is neither a callback argument nor one of the
@@ -215,6 +224,9 @@ class SparseTraining(keras.callbacks.Callback):
                 f"training with {type(self).__name__}: call `model.compile(...)`."
             )
         _check_distribution(model)
+        self._groups = None
+        if self.channel_sparsity > 0:
+            self._groups = channel_rules.removable_or_refuse(channels.channel_groups(model))
         self._schedule = self._planned_schedule()
         existing = find_sparse_optimizer(optimizer)
         if existing is not None:
@@ -293,6 +305,7 @@ class SparseTraining(keras.callbacks.Callback):
         if self.seed is not None:
             wanted["seed"] = self.seed
         wanted["block_size"] = self.block_size
+        wanted["channel_sparsity"] = self.channel_sparsity
         differ = [
             f"{k}={getattr(existing, k)!r} (asked: {v!r})"
             for k, v in wanted.items()
@@ -341,6 +354,9 @@ class SparseTraining(keras.callbacks.Callback):
             seed=self.seed,
             block_size=self.block_size,
             initial_mask=self.initial_mask,
+            channel_sparsity=self.channel_sparsity,
+            min_channels=self.min_channels,
+            channel_groups=self._groups,
         )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -358,7 +374,7 @@ class SparseTraining(keras.callbacks.Callback):
         run_start = step - epoch * (steps or 0)
         begin, end = self._schedule
         self.optimizer.set_schedule(run_start + begin, run_start + end)
-        if self.method.updates_masks:
+        if self.optimizer._changes_masks:
             total = steps * self.params["epochs"] if steps else None
             self._warn_if_few_updates(step, run_start, run_start + begin, run_start + end, total)
 
@@ -411,6 +427,21 @@ class SparseTraining(keras.callbacks.Callback):
             )
         self._skipped_updates = skipped
         logs.update(stats)
+        live = self._live_channels()
+        if live is not None:
+            logs["live_channels"] = live
+
+    def _live_channels(self):
+        """Fraction of the removable channels alive; None for a model whose
+        graph can't be read or that has no removable channel."""
+        if self._groups is None:
+            try:
+                channels.check_graph_model(self.model, "live_channels")
+            except ValueError:
+                self._groups = []
+            else:
+                self._groups = channels.channel_groups(self.model)
+        return channel_rules.live_fraction(self._groups, self.optimizer)
 
 
 # Fewer mask updates than this in one `fit` get a warning.
@@ -498,6 +529,15 @@ class DSTEE(SparseTraining):
             `"magnitude"`: each kernel starts from its largest weights, for
             sparsifying a pretrained model without throwing away its most
             important weights at the first step.
+        channel_sparsity: fraction of the removable channels (see
+            `keras_dstee.channel_groups`) removed by `end`, in [0, 1), for a
+            Functional or Sequential model: at each mask update the channels
+            with the lowest mean weight magnitude go, along a cubic schedule;
+            their weights are masked to 0 and the weight budget regrows inside
+            the live channels. `keras_dstee.slim(model)` then cuts them out
+            (a smaller, faster dense network). 0 (default) removes none.
+        min_channels: per layer, the fraction of the channels the schedule
+            would leave it (`1 - channel_sparsity`) that it keeps at least.
     """
 
     def __init__(self, sparsity=0.9, **kwargs):
@@ -573,9 +613,14 @@ class GraNet(SparseTraining):
 class Static(SparseTraining):
     """Static sparse training: a fixed random mask, never updated.
 
+    With `channel_sparsity`, channels are still removed every `update_freq`
+    steps until `end`, and the weights they free regrow at random positions
+    of the live channels.
+
     Args:
         sparsity, distribution, rescale, seed, exclude, include_embeddings,
-        dense_first, dense_last, block_size, initial_mask: as for `DSTEE`.
+        dense_first, dense_last, block_size, initial_mask, channel_sparsity,
+        min_channels, update_freq, end: as for `DSTEE`.
     """
 
     def __init__(
@@ -590,6 +635,10 @@ class Static(SparseTraining):
         dense_last=False,
         block_size=None,
         initial_mask="random",
+        channel_sparsity=0.0,
+        min_channels=0.2,
+        update_freq=100,
+        end=0.75,
     ):
         super().__init__(
             "static",
@@ -603,4 +652,8 @@ class Static(SparseTraining):
             dense_last=dense_last,
             block_size=block_size,
             initial_mask=initial_mask,
+            channel_sparsity=channel_sparsity,
+            min_channels=min_channels,
+            update_freq=update_freq,
+            end=end,
         )

@@ -13,6 +13,7 @@ from keras.src.utils import tracking
 
 from keras_dstee import arguments
 from keras_dstee import blocks
+from keras_dstee import channel_sparsity as channel_rules
 from keras_dstee import control
 from keras_dstee import host
 from keras_dstee import methods
@@ -192,6 +193,15 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             weights (block L1 with `block_size`) active, so a pretrained
             model keeps its most important weights; the mask is chosen from
             the weights when it is installed (`install()` or the first step).
+        channel_sparsity: fraction of the removable channels removed by
+            `end_step`, in [0, 1): at mask updates (and at `end_step`) whole
+            channels go, lowest unmasked mean magnitude first, along a cubic
+            schedule; their weights are masked to 0 and the budget regrows
+            inside live channels. 0 (default) removes none.
+        min_channels: per channel group, the fraction of what the schedule
+            would leave it that it keeps at least, in [0, 1].
+        channel_groups: with `channel_sparsity`, the model's
+            `keras_dstee.channel_groups(model)` (the callbacks pass it).
         name: the optimizer's name.
     """
 
@@ -209,6 +219,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         seed=None,
         block_size=None,
         initial_mask="random",
+        channel_sparsity=0.0,
+        min_channels=0.2,
+        channel_groups=None,
         name=None,
         **kwargs,
     ):
@@ -259,6 +272,31 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             seed = host.same_in_every_process(int(np.random.randint(2**31 - 1)))
         self.seed = int(seed)
         self.block_size = blocks.check_block_size(block_size)
+        self.channel_sparsity, self.min_channels = channel_rules.check_settings(channel_sparsity, min_channels)
+        self.channel_groups = channel_groups
+        if self.channel_sparsity > 0:
+            if self.block_size is not None:
+                raise ValueError(
+                    "`channel_sparsity` and `block_size` can't be combined yet: "
+                    "use one of them."
+                )
+            if channel_groups is None:
+                raise ValueError(
+                    "`channel_sparsity` needs `channel_groups=keras_dstee.channel_groups(model)` "
+                    "(the callbacks pass it)."
+                )
+        self.channels = None
+
+    @property
+    def _changes_masks(self):
+        """Whether mask updates run: the method's, or channel removal."""
+        return self.method.updates_masks or self.channel_sparsity > 0
+
+    @property
+    def _has_grow_rule(self):
+        """Whether the method grows weights by its own scores (Static,
+        whose masks never change, and pure pruning don't)."""
+        return self.method.updates_masks and self.method.grows
 
     # --- state ---------------------------------------------------------------
 
@@ -275,7 +313,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         # The user's `densities` stay as given; the step uses them by position.
         self.densities_by_position = _by_position("densities", self.densities, var_list)
         self.initial_densities_by_position = self._initial_by_position(var_list)
-        if self.end_step is None and self.method.updates_masks:
+        if self.end_step is None and self._changes_masks:
             raise ValueError(
                 "`end_step` is required: the optimizer step after which masks "
                 "stay fixed. The callbacks set it from `fit`; pass it when "
@@ -308,9 +346,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             initial = active_positions(shape, self.initial_densities_by_position[index], block)
             initial = max(active, initial)
             self.budget.append((variable, active))
-            if active < math.prod(shape):
+            # Removing channels masks dense kernels too.
+            if active < math.prod(shape) or self.channel_sparsity > 0:
                 self.kernels.append(self._add_kernel(index, variable, initial, active, block))
-        if not self.kernels:
+        if self.channel_sparsity > 0:
+            self._build_channels(var_list)
+        if all(k.active == k.size for k in self.kernels):
             warnings.warn(
                 "SparseOptimizer trains no kernel sparse: every variable in "
                 "`densities` has density 1 (or none is listed), so the model "
@@ -332,6 +373,28 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 f"{unstructured}: they are trained unstructured.",
                 stacklevel=2,
             )
+
+    def _build_channels(self, var_list):
+        """The channel plan, its `alive` flags, and the constraints that keep
+        removed channels' other weights (biases, scales, unmasked kernels) 0."""
+        groups = self.channel_groups
+        if isinstance(groups, dict):
+            plan = channel_rules.ChannelPlan.from_config(groups)
+        else:
+            channel_rules.removable_or_refuse(groups)
+            plan = channel_rules.ChannelPlan.from_groups(groups, var_list)
+            channel_rules.check_budget(plan, var_list, self.budget, self.channel_sparsity)
+        self.channel_plan = plan
+        alive = self.add_variable(
+            shape=(plan.total,), dtype="float32", initializer="ones", name="channels_alive"
+        )
+        shapes = [tuple(v.shape) for v in var_list]
+        self.channels = channel_rules.ChannelState(plan, self.channel_sparsity, self.min_channels, alive, shapes)
+        masked_positions = {k.index for k in self.kernels}
+        self.channel_variables = {p: var_list[p] for p in self.channels.positions}
+        for position, variable in self.channel_variables.items():
+            if position not in masked_positions:
+                variable.constraint = channel_rules.ChannelConstraint(self.channels, position, variable.constraint)
 
     def _clamped_initial_densities(self, var_list):
         """Paths whose given initial density is below the final one."""
@@ -402,6 +465,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         per_block = blocks.unit(block)
         initial_blocks, final_blocks = initial_active // per_block, active // per_block
         max_grow = math.ceil(self.drop_fraction * initial_blocks) if self.method.grows else 0
+        if self.channel_sparsity > 0:
+            # Removing channels can move any number of positions.
+            max_grow = cells
         return SparseKernel(
             index=index,
             variable=variable,
@@ -410,7 +476,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             slots=slots,
             initial_active=initial_active,
             active=active,
-            max_drop=min(cells, max_grow + initial_blocks - final_blocks),
+            max_drop=cells if self.channel_sparsity > 0 else min(cells, max_grow + initial_blocks - final_blocks),
             max_grow=max_grow,
             block=block,
         )
@@ -517,13 +583,20 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
     def _update_masks(self, kernels_and_grads):
         kernels_and_grads = [(k, g) for k, g in kernels_and_grads if k.max_drop > 0 and g is not None]
-        if not self.method.updates_masks or not kernels_and_grads:
+        if not self._changes_masks or not kernels_and_grads:
             return
         kernels = [k for k, _ in kernels_and_grads]
         targets = [self.last_update, self.skipped_updates]
         for k in kernels:
             targets += k.state
-        prunes = self.method.initial_sparsity is not None
+        others = []
+        if self.channels is not None:
+            masked_positions = {k.index for k in kernels}
+            others = [(p, v) for p, v in self.channel_variables.items() if p not in masked_positions]
+            targets += [self.channels.alive] + [v for _, v in others]
+        # A density schedule, and the channel schedule, reach their target
+        # at `end_step` itself.
+        prunes = self.method.initial_sparsity is not None or self.channels is not None
 
         def due():
             if self._host_ticked and self._eager_torch():
@@ -539,7 +612,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 ),
             )
             if prunes:
-                # A density schedule reaches its target at `end_step` itself.
                 return ops.logical_or(regular, ops.equal(step, self.end_step_variable))
             return regular
 
@@ -553,19 +625,62 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             elapsed = ops.cast(step - self.last_update, "float32")
             skipped = self.skipped_updates + ops.cast(ops.logical_not(finite), self.skipped_updates.dtype)
             values = [step, skipped]
+            allowed, target, alive = [None] * len(kernels), [None] * len(kernels), None
+            if self.channels is not None:
+                alive, allowed, target = self._channel_targets(kernels, step)
             for number, (k, grad) in enumerate(zip(kernels, grads)):
                 old = [ops.convert_to_tensor(v) for v in k.state]
-                new = self._update_kernel(k, grad, step, fraction, elapsed, number)
+                new = self._update_kernel(k, grad, step, fraction, elapsed, number, allowed[number], target[number])
                 values += [ops.where(finite, n, o) for n, o in zip(new, old)]
+            if alive is not None:
+                old = ops.convert_to_tensor(self.channels.alive)
+                values.append(ops.where(finite, alive, old))
+                for position, variable in others:
+                    value = ops.convert_to_tensor(variable)
+                    new = masked(value, self.channels.allowed(position, alive))
+                    values.append(ops.where(finite, new, value))
             return values
 
         control.cond_assign(due, compute, targets, [g for _, g in kernels_and_grads])
 
-    def _update_kernel(self, kernel, grad, step, fraction, elapsed, number):
+    def _channel_targets(self, kernels, step):
+        """Removes channels; returns the alive flags and, per kernel, the
+        positions its live channels allow and how many weights it holds."""
+        channels = self.channels
+        weights = {p: ops.convert_to_tensor(v) for p, v in self.channel_variables.items() if len(v.shape) > 1}
+        masks = {k.index: ops.convert_to_tensor(k.mask) for k in kernels}
+        alive = channels.next_alive(step, self.start_step, self.end_step_variable, masks, weights)
+        allowed = [
+            ops.broadcast_to(channels.allowed(k.index, alive), k.variable.shape) for k in kernels
+        ]
+        capacity = ops.stack([ops.cast(ops.sum(a), "int32") for a in allowed])
+        base = ops.stack([ops.cast(self._scheduled_target(k, step), "int32") for k in kernels])
+        target = channel_rules.share_budget(base, capacity)
+        return alive, allowed, [target[i] for i in range(len(kernels))]
+
+    def _scheduled_target(self, kernel, step):
+        """A pruning method's active blocks for `kernel` at `step`, on its
+        cubic density schedule (a tensor)."""
+        per_block = blocks.unit(kernel.block)
+        initial_blocks, final_blocks = kernel.initial_active // per_block, kernel.active // per_block
+        if self.method.initial_sparsity is None:
+            return ops.convert_to_tensor(final_blocks, "int32")
+        density = updates.scheduled_density(
+            step,
+            self.start_step,
+            self.end_step_variable,
+            initial_blocks / kernel.blocks,
+            final_blocks / kernel.blocks,
+        )
+        return ops.clip(ops.cast(ops.round(density * kernel.blocks), "int32"), final_blocks, initial_blocks)
+
+    def _update_kernel(self, kernel, grad, step, fraction, elapsed, number, allowed=None, target=None):
         """One kernel's mask update; returns its new `state`.
 
         Counts and scores are per block of `kernel.block` (per position when
-        unstructured): a block's score sums its positions' scores.
+        unstructured): a block's score sums its positions' scores. With
+        channels, `allowed` is the kernel's live area and `target` how many
+        weights it holds after the update.
         """
         block = kernel.block
         per_block = blocks.unit(block)
@@ -574,40 +689,59 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         weight = ops.convert_to_tensor(kernel.variable)
         # A structured mask is constant in a block: its first position tells.
         grid_mask = mask if block is None else mask[..., :: block[0], :: block[1]]
-        initial_blocks, final_blocks = kernel.initial_active // per_block, kernel.active // per_block
-        prune, budget = 0, final_blocks
-        if self.method.initial_sparsity is not None:
-            density = updates.scheduled_density(
-                step,
-                self.start_step,
-                self.end_step_variable,
-                initial_blocks / kernel.blocks,
-                final_blocks / kernel.blocks,
-            )
-            target = ops.clip(
-                ops.cast(ops.round(density * kernel.blocks), "int32"), final_blocks, initial_blocks
-            )
-            prune = ops.maximum(ops.cast(ops.sum(grid_mask), "int32") - target, 0)
-            budget = ops.cast(target, "float32")
-        grow, scores = 0, None
-        if kernel.max_grow > 0:
-            grow = ops.cast(ops.ceil(fraction * budget), "int32")
-            grow = ops.minimum(grow, kernel.max_grow)
-            seed = control.step_seed(step, self.seed, number)
-            extra = {}
-            if self._grow_takes_progress:
-                extra["progress"] = updates.progress_at(step, self.start_step, self.end_step_variable)
-            scores = blocks.to_blocks(self.method.grow_scores(weight, grad, counter, step, seed, **extra), block)
+        seed = control.step_seed(step, self.seed, number)
+        if allowed is not None:
+            # Removed channels leave the mask; their weights are regrown
+            # inside the live ones.
+            grid_mask = grid_mask * allowed
+            prune, regular, grow = self._channel_counts(kernel, grid_mask, allowed, target, fraction)
+            if self._has_grow_rule:
+                scores = self._grow_scores(weight, grad, counter, step, seed)
+            else:
+                # A method without a grow rule regrows at random (SET's).
+                scores = keras.random.uniform(ops.shape(weight), seed=seed)
+            scores = ops.where(allowed > 0, scores, ops.full_like(scores, -np.inf))
+            drop = prune + regular
+        else:
+            prune, budget = 0, kernel.active // per_block
+            if self.method.initial_sparsity is not None:
+                target = self._scheduled_target(kernel, step)
+                prune = ops.maximum(ops.cast(ops.sum(grid_mask), "int32") - target, 0)
+                budget = ops.cast(target, "float32")
+            grow, scores = 0, None
+            if kernel.max_grow > 0:
+                grow = ops.cast(ops.ceil(fraction * budget), "int32")
+                grow = ops.minimum(grow, kernel.max_grow)
+                scores = blocks.to_blocks(self._grow_scores(weight, grad, counter, step, seed), block)
+            drop = prune + grow
         keep = blocks.to_blocks(self.method.drop_scores(weight, grad), block)
-        new_mask, grown = updates.drop_and_grow(
-            keep, grid_mask, scores, prune + grow, kernel.max_drop, grow, kernel.max_grow
-        )
+        new_mask, grown = updates.drop_and_grow(keep, grid_mask, scores, drop, kernel.max_drop, grow, kernel.max_grow)
         new_mask, grown = blocks.from_blocks(new_mask, block), blocks.from_blocks(grown, block)
         if not self.reset_regrown:
             grown = grown * (1.0 - mask)  # only positions new to the mask
         kept = new_mask * (1.0 - grown)
         new_slots = [masked(ops.convert_to_tensor(s), kept) for s in kernel.slots]
         return [new_mask, counter, masked(weight, kept)] + new_slots
+
+    def _grow_scores(self, weight, grad, counter, step, seed):
+        extra = {}
+        if self._grow_takes_progress:
+            extra["progress"] = updates.progress_at(step, self.start_step, self.end_step_variable)
+        return self.method.grow_scores(weight, grad, counter, step, seed, **extra)
+
+    def _channel_counts(self, kernel, mask, allowed, target, fraction):
+        """`(prune, regular, grow)` of one kernel's update with channels: the
+        weights over its `target` are pruned; the method's regular
+        drop-and-grow swaps the `fraction` of a kernel trained sparse, within
+        its free live room; the weights under `target` are grown."""
+        active = ops.cast(ops.sum(mask), "int32")
+        capacity = ops.cast(ops.sum(allowed), "int32")
+        prune = ops.maximum(active - target, 0)
+        regular = ops.zeros((), "int32")
+        if self._has_grow_rule and kernel.active < kernel.size:
+            regular = ops.cast(ops.ceil(fraction * ops.cast(target, "float32")), "int32")
+            regular = ops.clip(regular, 0, ops.maximum(capacity - target, 0))
+        return prune, regular, regular + ops.maximum(target - active, 0)
 
     # --- delegation to the inner optimizer -------------------------------------
 
@@ -669,7 +803,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             int(host.to_numpy(self.end_step_variable)),
             self.drop_fraction,
         )
-        grows = self.method.updates_masks and self.method.grows
+        grows = self._has_grow_rule
         return {
             "skipped_updates": int(host.to_numpy(self.skipped_updates)),
             "sparsity": 1.0 - active / size if size else 0.0,
@@ -703,6 +837,20 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "seed": self.seed,
             "block_size": None if self.block_size is None else list(self.block_size),
             "initial_mask": self.initial_mask,
+            **self._channel_config(),
+        }
+
+    def _channel_config(self):
+        """The channel settings, with the plan by variable position (saved
+        only when channels are removed: older files stay as they were)."""
+        if self.channel_sparsity == 0:
+            return {}
+        plan = getattr(self, "channel_plan", None)
+        groups = plan.get_config() if plan is not None else self.channel_groups
+        return {
+            "channel_sparsity": self.channel_sparsity,
+            "min_channels": self.min_channels,
+            "channel_groups": groups if isinstance(groups, dict) else None,
         }
 
     @classmethod

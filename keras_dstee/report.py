@@ -6,6 +6,8 @@ import re
 import keras
 import numpy as np
 
+from keras_dstee import channel_sparsity
+from keras_dstee import channels
 from keras_dstee import host
 from keras_dstee.layers import layer_prunable_weights
 from keras_dstee.optimizer import find_sparse_optimizer
@@ -106,9 +108,12 @@ def summary(model, input_shape=None, print_fn=None, optimizer=None):
     Returns:
         `{"kernels": [...], "total": {...}}`. Each kernel entry has `layer`,
         `path`, `shape`, `size`, `active` (positions allowed nonzero),
-        `density`, `nonzeros`, `flops_dense`, `flops_sparse` and `block`
-        (the block shape its mask changes in, or None); `total` sums
-        `size`, `active`, `nonzeros` and both FLOPs, with the overall
+        `density`, `nonzeros`, `flops_dense`, `flops_sparse`, `block`
+        (the block shape its mask changes in, or None), and `channels` and
+        `live_channels` (its output channels in removable groups, and how
+        many are alive: with an active weight in and out; None when its
+        channels can't be removed); `total` sums
+        `size`, `active`, `nonzeros`, both FLOPs and the channels, with the overall
         `density`, `sparsity` (`1 - density`: positions outside the masks,
         the figure the callbacks log) and `zero_fraction` (exact zeros, a
         little higher right after a mask update: grown weights start at 0);
@@ -129,6 +134,7 @@ def summary(model, input_shape=None, print_fn=None, optimizer=None):
         active = {id(k.variable): int(np.sum(host.to_numpy(k.mask))) for k in optimizer.kernels}
         block = {id(k.variable): k.block for k in optimizer.kernels}
     blocked = optimizer is not None and optimizer.built and optimizer.block_size is not None
+    live = _live_output_channels(model, optimizer)
     layers = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         weights = layer_prunable_weights(layer, include_embeddings=True)
@@ -157,6 +163,8 @@ def summary(model, input_shape=None, print_fn=None, optimizer=None):
                     "flops_dense": int(flops),
                     "flops_sparse": int(round(flops * density)),
                     "block": block.get(id(variable)),
+                    "channels": live.get(id(variable), (None, None))[1],
+                    "live_channels": live.get(id(variable), (None, None))[0],
                 }
             )
     total = {key: sum(r[key] for r in rows) for key in ("size", "active", "nonzeros", "flops_dense", "flops_sparse")}
@@ -167,7 +175,13 @@ def summary(model, input_shape=None, print_fn=None, optimizer=None):
     total["sparsity"] = 1.0 - total["active"] / size
     total["zero_fraction"] = 1.0 - total["nonzeros"] / size
     total["from"] = "masks" if optimizer is not None and optimizer.built else "zeros"
-    _print_table(model, rows, total, print_fn, blocked)
+    counted = [r for r in rows if r["channels"] is not None]
+    total["channels"] = sum(r["channels"] for r in counted) if counted else None
+    total["live_channels"] = sum(r["live_channels"] for r in counted) if counted else None
+    # The column shows once channels are removed or have died.
+    removing = getattr(optimizer, "channel_sparsity", 0) > 0
+    shown = counted and (removing or total["live_channels"] < total["channels"])
+    _print_table(model, rows, total, print_fn, blocked, shown)
     return {"kernels": rows, "total": total}
 
 
@@ -180,13 +194,34 @@ def _check_optimizer_trains(optimizer, model):
         raise ValueError("`optimizer` trains the variables of another model than `model`.")
 
 
+def _live_output_channels(model, optimizer):
+    """id(kernel) -> (live, all) output channels of the kernels producing a
+    removable channel group; empty for a model whose graph can't be read."""
+    try:
+        channels.check_graph_model(model, "summary")
+    except ValueError:
+        return {}
+    masks = {} if optimizer is None or not optimizer.built else {id(k.variable): k.mask for k in optimizer.kernels}
+    found = {}
+    for group in channels.channel_groups(model):
+        if not group.removable:
+            continue
+        alive = channel_sparsity.live_channels(group, masks)
+        for s in group.producers:
+            if len(s.variable.shape) > 1:
+                owned = [c for c in range(group.size) if len(s.positions[c])]
+                live, count = found.get(id(s.variable), (0, 0))
+                found[id(s.variable)] = (live + int(alive[owned].sum()), count + len(owned))
+    return found
+
+
 def _block_text(row):
     if row["block"] is not None:
         return "x".join(map(str, row["block"]))
     return "unstructured" if row["density"] < 1 else "-"
 
 
-def _print_table(model, rows, total, print_fn, blocked=False):
+def _print_table(model, rows, total, print_fn, blocked=False, channel_column=False):
     header = ("Kernel", "Shape", "Density", "Nonzeros", "FLOPs dense", "FLOPs sparse")
     table = [
         (
@@ -212,6 +247,11 @@ def _print_table(model, rows, total, print_fn, blocked=False):
         header += ("Blocks",)
         table = [cells + (_block_text(r),) for cells, r in zip(table, rows)]
         footer += ("",)
+    if channel_column:
+        count = lambda live, all_: "-" if all_ is None else f"{live}/{all_}"  # noqa: E731
+        header += ("Live channels",)
+        table = [cells + (count(r["live_channels"], r["channels"]),) for cells, r in zip(table, rows)]
+        footer += (count(total["live_channels"], total["channels"]),)
     widths = [max(len(line[i]) for line in [header, footer, *table]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     rule = "-" * len(line(header))

@@ -1,0 +1,250 @@
+"""`channel_sparsity=`: whole channels removed during training on a cubic
+schedule, at an exact weight budget, with every method; removed channels
+output exactly 0 and `slim` cuts them out; resumes bit for bit; 0 changes
+nothing."""
+
+import keras
+import numpy as np
+import pytest
+from helpers import EveryStep
+from helpers import compile_model
+from helpers import sparse_optimizer
+from helpers import to_numpy
+from test_channels import densenet_style
+from test_channels import resnet_style
+from test_channels import vgg_style
+from test_saving import StopAfter
+
+import keras_dstee
+from keras_dstee import channel_sparsity
+
+STYLES = {"vgg": vgg_style, "resnet": resnet_style, "densenet": densenet_style}
+
+
+def _fit(model, data, callbacks, epochs=3, **kwargs):
+    x, y = data
+    y = y % 2  # every model here has at least 2 outputs
+    return model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks, **kwargs)
+
+
+def _alive(model):
+    return to_numpy(sparse_optimizer(model).channels.alive)
+
+
+def _removable(model):
+    return [g for g in keras_dstee.channel_groups(model) if g.removable]
+
+
+def _planned_sparsity(model):
+    budget = sparse_optimizer(model).budget
+    return 1 - sum(count for _, count in budget) / sum(int(np.prod(v.shape)) for v, _ in budget)
+
+
+def _check_step(model, previous):
+    """Exact budget, masks inside the live channels, removed channels'
+    trainable weights all 0, and no channel coming back."""
+    optimizer = sparse_optimizer(model)
+    active = sum(int(to_numpy(k.mask).sum()) for k in optimizer.kernels)
+    assert active == sum(count for _, count in optimizer.budget)
+    alive = _alive(model)
+    if previous:
+        assert np.all(alive <= previous[-1])
+    previous.append(alive)
+    offset = 0
+    for group in _removable(model):
+        gone = np.flatnonzero(alive[offset : offset + group.size] == 0)
+        offset += group.size
+        for s in group.producers + group.followers + group.consumers:
+            if not s.variable.trainable:
+                continue
+            value = to_numpy(s.variable)
+            for channel in gone:
+                assert not np.any(np.take(value, s.positions[channel], axis=s.axis)), (s.path, channel)
+    for k in optimizer.kernels:
+        assert not np.any(to_numpy(k.variable)[to_numpy(k.mask) == 0])
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_channels_go_on_schedule_at_an_exact_budget(style, data):
+    model = compile_model(STYLES[style]())
+    history = []
+    check = EveryStep(lambda m, batch: _check_step(m, history))
+    callback = keras_dstee.DSTEE(sparsity=0.8, channel_sparsity=0.5, update_freq=2, seed=1)
+    logs = _fit(model, data, [callback, check]).history
+    total = sum(g.size for g in _removable(model))
+    alive = _alive(model)
+    # The schedule ends at step 18 (0.75 of 24): at least half the channels gone.
+    assert total - alive.sum() >= round(0.5 * total)
+    assert alive.sum() < history[0].sum() or history[0].sum() < total
+    assert logs["live_channels"][-1] == pytest.approx(
+        channel_sparsity.live_fraction(keras_dstee.channel_groups(model), sparse_optimizer(model))
+    )
+    assert logs["live_channels"][-1] <= alive.sum() / total
+    assert logs["sparsity"][-1] == pytest.approx(_planned_sparsity(model))
+    # Every group keeps its floor.
+    offset = 0
+    for group, floor in zip(_removable(model), sparse_optimizer(model).channels.floors):
+        assert alive[offset : offset + group.size].sum() >= floor
+        offset += group.size
+
+
+def test_removed_channels_output_exactly_zero_and_slim_cuts_them(data):
+    model = compile_model(vgg_style())
+    _fit(model, data, [keras_dstee.RigL(sparsity=0.8, channel_sparsity=0.5, update_freq=2, seed=3)])
+    alive = _alive(model)
+    conv1 = _removable(model)[0]
+    assert conv1.layers == ["conv1"]
+    gone = np.flatnonzero(alive[: conv1.size] == 0)
+    assert len(gone) > 0
+    probe = keras.Model(model.inputs, model.get_layer("bn1").output)
+    out = to_numpy(probe(data[0][:16], training=False))
+    assert not np.any(out[..., gone])
+    slimmed = keras_dstee.slim(model)
+    assert slimmed.get_layer("conv1").filters == conv1.size - len(gone)
+    np.testing.assert_allclose(
+        to_numpy(slimmed(data[0][:16], training=False)), to_numpy(model(data[0][:16], training=False)), atol=1e-5
+    )
+    assert slimmed.count_params() < model.count_params()
+
+
+@pytest.mark.parametrize("method", ["dstee", "rigl", "set", "static", "gmp", "granet"])
+def test_every_method_removes_channels_at_its_budget(method, data):
+    model = compile_model(resnet_style())
+    history = []
+    check = EveryStep(lambda m, batch: _check_step(m, history) if method in ("static", "set") else None)
+    callback = keras_dstee.SparseTraining(method, sparsity=0.8, channel_sparsity=0.3, update_freq=2, seed=2)
+    if method == "static":
+        callback = keras_dstee.Static(sparsity=0.8, channel_sparsity=0.3, update_freq=2, seed=2)
+    logs = _fit(model, data, [callback, check]).history
+    optimizer = sparse_optimizer(model)
+    assert logs["sparsity"][-1] == pytest.approx(_planned_sparsity(model))
+    active = sum(int(to_numpy(k.mask).sum()) for k in optimizer.kernels)
+    assert active == sum(c for _, c in optimizer.budget)
+    total = optimizer.channel_plan.total
+    assert total - _alive(model).sum() >= round(0.3 * total)
+
+
+def test_resume_in_the_middle_of_the_channel_schedule_is_bit_for_bit(data, tmp_path):
+    def callback():
+        return keras_dstee.DSTEE(sparsity=0.8, channel_sparsity=0.5, update_freq=3, seed=4)
+
+    whole = compile_model(vgg_style())
+    _fit(whole, data, [callback()], epochs=4)
+    model = compile_model(vgg_style())
+    _fit(model, data, [callback(), StopAfter(8)], epochs=4)
+    removed_so_far = optimizer_total = sparse_optimizer(model).channel_plan.total
+    removed_so_far -= _alive(model).sum()
+    assert 0 < removed_so_far < 0.5 * optimizer_total  # stopped in the middle
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert sparse_optimizer(loaded).get_config() == sparse_optimizer(model).get_config()
+    _fit(loaded, data, [callback()], epochs=4, initial_epoch=1)
+    for a, b in zip(whole.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    for a, b in zip(whole.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_channel_sparsity_zero_changes_nothing(data):
+    runs = []
+    for extra in ({}, {"channel_sparsity": 0.0, "min_channels": 0.5}):
+        model = compile_model(vgg_style())
+        _fit(model, data, [keras_dstee.DSTEE(sparsity=0.8, update_freq=2, seed=5, **extra)])
+        runs.append(model)
+    a, b = runs
+    assert len(a.optimizer.variables) == len(b.optimizer.variables)
+    assert "channels_alive" not in [v.name for v in b.optimizer.variables]
+    assert "channel_sparsity" not in b.optimizer.get_config()
+    assert sparse_optimizer(b).channels is None
+    for x, y in zip(a.optimizer.variables + a.weights, b.optimizer.variables + b.weights):
+        np.testing.assert_array_equal(to_numpy(x), to_numpy(y))
+
+
+def test_dead_channels_count_without_channel_sparsity(data):
+    model = compile_model(vgg_style())
+    # 3 of conv1's 162 weights active: at least 3 of its 6 channels are dead.
+    callback = keras_dstee.Static(sparsity=0.98, distribution="uniform", seed=0)
+    logs = _fit(model, data, [callback], epochs=1).history
+    masks = {k.variable.path.split("/")[-2]: to_numpy(k.mask) for k in sparse_optimizer(model).kernels}
+    conv1, conv2, head = masks["conv1"], masks["conv2"], masks["head"]
+    # By hand: a channel lives with an active weight in and one out.
+    live1 = conv1.any(axis=(0, 1, 2)) & conv2.any(axis=(0, 1, 3))
+    live2 = conv2.any(axis=(0, 1, 2)) & head.reshape(-1, 5, 4).any(axis=(0, 2))
+    expected = (live1.sum() + live2.sum()) / 11
+    assert expected < 0.75
+    assert logs["live_channels"][-1] == pytest.approx(expected)
+    lines = []
+    report = keras_dstee.summary(model, print_fn=lines.append)
+    conv1_row = next(r for r in report["kernels"] if r["layer"] == "conv1")
+    assert (conv1_row["live_channels"], conv1_row["channels"]) == (live1.sum(), 6)
+    assert any("Live channels" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        ({"channel_sparsity": 1.0}, "channel_sparsity"),
+        ({"channel_sparsity": -0.1}, "channel_sparsity"),
+        ({"channel_sparsity": "0.5"}, "channel_sparsity"),
+        ({"channel_sparsity": 0.3, "min_channels": 2}, "min_channels"),
+        ({"channel_sparsity": 0.3, "block_size": (4, 1)}, "block_size"),
+    ],
+)
+def test_bad_channel_settings_are_refused_at_construction(settings, words):
+    with pytest.raises(ValueError, match=words):
+        keras_dstee.DSTEE(**settings)
+
+
+def _unchanged_after_refusal(model, data, callback, words):
+    before = [to_numpy(w).copy() for w in model.weights]
+    optimizer = model.optimizer
+    with pytest.raises(ValueError, match=words):
+        _fit(model, data, [callback], epochs=1)
+    assert model.optimizer is optimizer
+    for a, b in zip(before, model.weights):
+        np.testing.assert_array_equal(a, to_numpy(b))
+
+
+def test_a_model_without_removable_channels_is_refused_with_the_reasons(data):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    compile_model(model)
+    _unchanged_after_refusal(
+        model, data, keras_dstee.DSTEE(channel_sparsity=0.3), r"channel_sparsity.*model's output"
+    )
+
+
+def test_a_subclassed_model_is_refused(data):
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3)
+            self.head = keras.layers.Dense(5)
+
+        def call(self, x):
+            return self.head(keras.ops.mean(self.conv(x), axis=(1, 2)))
+
+    model = Net()
+    model(data[0][:1])
+    compile_model(model)
+    _unchanged_after_refusal(model, data, keras_dstee.DSTEE(channel_sparsity=0.3), "subclassed")
+
+
+def test_a_channel_sparsity_the_budget_cannot_fit_is_refused(data):
+    model = compile_model(vgg_style())
+    _unchanged_after_refusal(
+        model, data, keras_dstee.DSTEE(sparsity=0.1, channel_sparsity=0.9, min_channels=0.0), "channel_sparsity"
+    )
+
+
+def test_share_budget_keeps_the_total():
+    ops = keras.ops
+    base = ops.convert_to_tensor(np.array([50, 10, 30, 7], "int32"))
+    capacity = ops.convert_to_tensor(np.array([20, 40, 30, 100], "int32"))
+    shared = to_numpy(channel_sparsity.share_budget(base, capacity))
+    assert shared.sum() == 97
+    assert np.all(shared <= to_numpy(capacity))
+    assert shared[0] == 20 and shared[2] == 30  # full kernels hold what fits
+    # The 30 weights kernel 0 can't hold go to kernels 1 and 3, by free room.
+    assert list(shared[[1, 3]] - [10, 7]) == [8, 22]
