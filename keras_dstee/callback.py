@@ -440,7 +440,14 @@ class SparseTraining(keras.callbacks.Callback):
             except ValueError:
                 self._groups = []
             else:
-                self._groups = channels.channel_groups(self.model)
+                try:
+                    self._groups = channels.channel_groups(self.model)
+                except Exception as error:  # a metric must not end the user's fit
+                    warnings.warn(
+                        f"live_channels is not logged: reading the model's channels failed ({error!r}).",
+                        stacklevel=2,
+                    )
+                    self._groups = []
         return channel_rules.live_fraction(self._groups, self.optimizer)
 
 

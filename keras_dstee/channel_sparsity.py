@@ -23,11 +23,11 @@ the tensor functions of the step.
 import dataclasses
 import math
 
-import keras
 import numpy as np
 from keras import ops
 
 from keras_dstee import arguments
+from keras_dstee import channels
 from keras_dstee import updates
 from keras_dstee.constraints import MaskConstraint
 from keras_dstee.constraints import masked
@@ -270,10 +270,12 @@ class ChannelState:
         active = {p: masks.get(p, ops.ones_like(w)) for p, w in weights.items()}
         fan_in = self._per_channel(self._kernel_axes("producer"), active)[:total]
         fan_out = self._per_channel(self._kernel_axes("consumer"), active)[:total]
-        dead = ops.logical_or(ops.equal(fan_in, 0.0), ops.logical_and(self.read[:total] > 0, ops.equal(fan_out, 0.0)))
+        read = ops.convert_to_tensor(self.read[:total] > 0)
+        dead = ops.logical_or(ops.equal(fan_in, 0.0), ops.logical_and(read, ops.equal(fan_out, 0.0)))
         alive = alive * (1.0 - ops.cast(dead, "float32"))
         magnitude = {p: ops.abs(w) for p, w in weights.items()}
-        score = self._per_channel(self._kernel_axes("producer"), magnitude) / np.maximum(self.dense_size, 1.0)
+        dense_size = ops.convert_to_tensor(np.maximum(self.dense_size, 1.0))
+        score = self._per_channel(self._kernel_axes("producer"), magnitude) / dense_size
         score = score[:total]
         # The cubic schedule of removed channels.
         progress = updates.progress_at(step, start, end)
@@ -347,14 +349,8 @@ def live_channels(group, masks):
     def active(slices):
         found = np.zeros(group.size, bool)
         for s in slices:
-            if len(s.variable.shape) < 2:
-                continue
-            source = masks.get(id(s.variable), s.variable)
-            value = keras.ops.convert_to_numpy(source) != 0
-            axis = s.axis % value.ndim
-            per_position = value.any(axis=tuple(i for i in range(value.ndim) if i != axis))
-            for channel, chosen in enumerate(s.positions):
-                found[channel] |= bool(per_position[np.asarray(chosen, int)].any())
+            if len(s.variable.shape) > 1:
+                found |= channels.nonzero_channels(s, masks.get(id(s.variable)))
         return found
 
     kernels_read = [s for s in group.consumers if len(s.variable.shape) > 1]

@@ -286,6 +286,15 @@ class _Analysis:
         return result
 
 
+def nonzero_channels(slice_, source=None):
+    """Per channel of the slice's group, whether any of its positions in
+    `source` (default: the slice's variable; e.g. its mask) is nonzero."""
+    value = keras.ops.convert_to_numpy(slice_.variable if source is None else source) != 0
+    axis = slice_.axis % value.ndim
+    per_position = value.any(axis=tuple(i for i in range(value.ndim) if i != axis))
+    return np.array([bool(per_position[np.asarray(p, int)].any()) for p in slice_.positions])
+
+
 def _has_graph(model):
     """Whether `model` is a Functional or Sequential model (a graph to read)."""
     return isinstance(model, keras.Sequential) or (

@@ -30,24 +30,18 @@ WIDTH_KEYS = {
 STATISTICS = ("moving_mean", "moving_variance")
 
 
-def _is_zero(slice_, channel):
-    value = keras.ops.convert_to_numpy(slice_.variable)
-    return not np.any(np.take(value, slice_.positions[channel], axis=slice_.axis))
-
-
 def gone_channels(group):
     """The channels of `group` that change no output: silent or unread."""
     if not group.removable:
         return []
-    gone = []
-    for channel in range(group.size):
-        silent = all(_is_zero(s, channel) for s in group.producers) and all(
-            _is_zero(s, channel) for s in group.followers if s.variable.name not in STATISTICS
-        )
-        unread = bool(group.consumers) and all(_is_zero(s, channel) for s in group.consumers)
-        if silent or unread:
-            gone.append(channel)
-    return gone
+    speaking = np.zeros(group.size, bool)
+    for s in group.producers + [f for f in group.followers if f.variable.name not in STATISTICS]:
+        speaking |= channels.nonzero_channels(s)
+    read = np.zeros(group.size, bool)
+    for s in group.consumers:
+        read |= channels.nonzero_channels(s)
+    unread = ~read if group.consumers else np.zeros(group.size, bool)
+    return [int(c) for c in np.flatnonzero(~speaking | unread)]
 
 
 def _width_key(layer):

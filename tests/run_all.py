@@ -23,7 +23,8 @@ def main(args):
         print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend)
         process = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            # The slowest tests, so a CI log shows where the time goes.
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=15", *args],
             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         last = ""

@@ -1,0 +1,94 @@
+"""Accuracy cost of channel-level sparsity: DST-EE unstructured against
+DST-EE with `channel_sparsity` 0.3 and 0.5 at the same weight budget, and
+RigL with channels, on real CIFAR-10, seeds paired.
+
+    KERAS_BACKEND=tensorflow python benchmarks/channel_accuracy.py
+    KERAS_BACKEND=tensorflow python benchmarks/channel_accuracy.py --models small_cnn --sparsities 0.9
+
+Recipe (`common.train_cifar`): 10k training images, 6 epochs, SGD momentum
+0.9 nesterov, lr 0.05 cosine, weight decay 5e-4, batch 128; masks (and
+channels) updated every 25 steps until 75 % of training. Models: the small
+CNN of `common.py` and VGG-19 at a quarter of its width (`vgg19_quarter`).
+Every run is written to `benchmarks/results/channel_accuracy.json` as it
+finishes (re-running continues); the table pairs each variant with DST-EE
+unstructured of the same model, sparsity and seed.
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+from common import RESULTS
+from common import load_cifar10
+from common import spread
+from common import train_cifar
+
+OUT = os.path.join(RESULTS, "channel_accuracy.json")
+# (method, channel_sparsity); the first is the reference of the pairs.
+VARIANTS = [("dstee", 0.0), ("dstee", 0.3), ("dstee", 0.5), ("rigl", 0.5)]
+
+
+def key(model, sparsity, method, channels, seed):
+    return f"{model}/{sparsity}/{method}/{channels}/{seed}"
+
+
+def table(runs):
+    lines = [
+        "| model | sparsity | variant | test accuracy % (mean +- std) | - DST-EE unstructured, per seed | mean (seeds) | live channels |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    combos = sorted({(r["model"], r["sparsity"]) for r in runs.values()})
+    for model, sparsity in combos:
+        reference = {r["seed"]: r for r in runs.values() if (r["model"], r["sparsity"], r["method"], r["channels"]) == (model, sparsity, "dstee", 0.0)}
+        for method, channels in VARIANTS:
+            group = sorted(
+                (r for r in runs.values() if (r["model"], r["sparsity"], r["method"], r["channels"]) == (model, sparsity, method, channels)),
+                key=lambda r: r["seed"],
+            )
+            if not group:
+                continue
+            accs = [100 * r["test_accuracy"] for r in group]
+            diffs = [100 * (r["test_accuracy"] - reference[r["seed"]]["test_accuracy"]) for r in group if r["seed"] in reference]
+            live = [r["live_channels"] for r in group if r.get("live_channels") is not None]
+            name = f"{method}" + (f", channels {channels}" if channels else " unstructured")
+            paired = ", ".join(f"{d:+.2f}" for d in diffs) if (method, channels) != VARIANTS[0] else "-"
+            mean = f"{statistics.mean(diffs):+.2f} ({len(diffs)})" if paired != "-" and diffs else "-"
+            lines.append(
+                f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} | "
+                f"{statistics.mean(live) if live else 1.0:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["small_cnn", "vgg19_quarter"])
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.98])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=6)
+    args = p.parse_args()
+    runs = json.load(open(OUT)) if os.path.isfile(OUT) else {}
+    data = load_cifar10(train_size=10000)
+    for model in args.models:
+        for sparsity in args.sparsities:
+            for seed in args.seeds:
+                for method, channels in VARIANTS:
+                    k = key(model, sparsity, method, channels, seed)
+                    if k in runs:
+                        continue
+                    extra = {"channel_sparsity": channels} if channels else {}
+                    run = train_cifar(method, sparsity, seed, args.epochs, data, update_freq=25, model=model, **extra)
+                    run["channels"] = channels
+                    runs[k] = run
+                    with open(OUT, "w") as f:
+                        json.dump(runs, f, indent=1)
+                    print(k, f"{run['test_accuracy']:.4f}", flush=True)
+    text = table(runs)
+    with open(OUT.replace(".json", ".md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
