@@ -285,6 +285,27 @@ class ChannelState:
         left, _ = updates.drop_and_grow(score, eligible, None, wanted, total, 0, 0)
         return alive * (1.0 - (eligible - left))
 
+    def update(self, kernels, base, weights, step, start, end):
+        """One channel update inside the mask update.
+
+        Args:
+            kernels: the optimizer's masked kernels (`SparseKernel`).
+            base: per kernel, how many weights its method wants it to hold.
+            weights: position -> current value of every channel variable.
+            step, start, end: the optimizer step and the schedule's bounds.
+
+        Returns:
+            `(alive, allowed, target)`: the new alive flags, and per kernel
+            its live area (0/1, its shape) and how many weights it holds.
+        """
+        masks = {k.index: ops.convert_to_tensor(k.mask) for k in kernels}
+        kernel_weights = {p: w for p, w in weights.items() if len(self.shapes[p]) > 1}
+        alive = self.next_alive(step, start, end, masks, kernel_weights)
+        allowed = [ops.broadcast_to(self.allowed(k.index, alive), k.variable.shape) for k in kernels]
+        capacity = ops.stack([ops.cast(ops.sum(a), "int32") for a in allowed])
+        target = share_budget(ops.stack([ops.cast(b, "int32") for b in base]), capacity)
+        return alive, allowed, [target[i] for i in range(len(kernels))]
+
     def _eligible(self, alive, score):
         """1 for the alive channels a group can lose above its floor: its
         lowest-scoring ones."""
@@ -319,6 +340,22 @@ def share_budget(base, capacity):
     before = ops.cumsum(room) - room
     extra = ops.clip(left - before, 0, room)
     return keep + share + extra
+
+
+def update_counts(mask, allowed, target, fraction=None):
+    """`(prune, regular, grow)` of one kernel's update with channels: the
+    weights over its `target` are pruned; with a `fraction` (a method that
+    swaps weights, on a kernel trained sparse) the regular drop-and-grow
+    swaps that fraction of `target`, within the free live room; the weights
+    under `target` are grown."""
+    active = ops.cast(ops.sum(mask), "int32")
+    capacity = ops.cast(ops.sum(allowed), "int32")
+    prune = ops.maximum(active - target, 0)
+    regular = ops.zeros((), "int32")
+    if fraction is not None:
+        regular = ops.cast(ops.ceil(fraction * ops.cast(target, "float32")), "int32")
+        regular = ops.clip(regular, 0, ops.maximum(capacity - target, 0))
+    return prune, regular, regular + ops.maximum(target - active, 0)
 
 
 def _segments(index, total):

@@ -627,7 +627,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             values = [step, skipped]
             allowed, target, alive = [None] * len(kernels), [None] * len(kernels), None
             if self.channels is not None:
-                alive, allowed, target = self._channel_targets(kernels, step)
+                weights = {p: ops.convert_to_tensor(v) for p, v in self.channel_variables.items()}
+                base = [self._scheduled_target(k, step) for k in kernels]
+                alive, allowed, target = self.channels.update(
+                    kernels, base, weights, step, self.start_step, self.end_step_variable
+                )
             for number, (k, grad) in enumerate(zip(kernels, grads)):
                 old = [ops.convert_to_tensor(v) for v in k.state]
                 new = self._update_kernel(k, grad, step, fraction, elapsed, number, allowed[number], target[number])
@@ -642,21 +646,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             return values
 
         control.cond_assign(due, compute, targets, [g for _, g in kernels_and_grads])
-
-    def _channel_targets(self, kernels, step):
-        """Removes channels; returns the alive flags and, per kernel, the
-        positions its live channels allow and how many weights it holds."""
-        channels = self.channels
-        weights = {p: ops.convert_to_tensor(v) for p, v in self.channel_variables.items() if len(v.shape) > 1}
-        masks = {k.index: ops.convert_to_tensor(k.mask) for k in kernels}
-        alive = channels.next_alive(step, self.start_step, self.end_step_variable, masks, weights)
-        allowed = [
-            ops.broadcast_to(channels.allowed(k.index, alive), k.variable.shape) for k in kernels
-        ]
-        capacity = ops.stack([ops.cast(ops.sum(a), "int32") for a in allowed])
-        base = ops.stack([ops.cast(self._scheduled_target(k, step), "int32") for k in kernels])
-        target = channel_rules.share_budget(base, capacity)
-        return alive, allowed, [target[i] for i in range(len(kernels))]
 
     def _scheduled_target(self, kernel, step):
         """A pruning method's active blocks for `kernel` at `step`, on its
@@ -694,7 +683,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             # Removed channels leave the mask; their weights are regrown
             # inside the live ones.
             grid_mask = grid_mask * allowed
-            prune, regular, grow = self._channel_counts(kernel, grid_mask, allowed, target, fraction)
+            swaps = self._has_grow_rule and kernel.active < kernel.size
+            prune, regular, grow = channel_rules.update_counts(grid_mask, allowed, target, fraction if swaps else None)
             if self._has_grow_rule:
                 scores = self._grow_scores(weight, grad, counter, step, seed)
             else:
@@ -728,20 +718,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if self._grow_takes_progress:
             extra["progress"] = updates.progress_at(step, self.start_step, self.end_step_variable)
         return self.method.grow_scores(weight, grad, counter, step, seed, **extra)
-
-    def _channel_counts(self, kernel, mask, allowed, target, fraction):
-        """`(prune, regular, grow)` of one kernel's update with channels: the
-        weights over its `target` are pruned; the method's regular
-        drop-and-grow swaps the `fraction` of a kernel trained sparse, within
-        its free live room; the weights under `target` are grown."""
-        active = ops.cast(ops.sum(mask), "int32")
-        capacity = ops.cast(ops.sum(allowed), "int32")
-        prune = ops.maximum(active - target, 0)
-        regular = ops.zeros((), "int32")
-        if self._has_grow_rule and kernel.active < kernel.size:
-            regular = ops.cast(ops.ceil(fraction * ops.cast(target, "float32")), "int32")
-            regular = ops.clip(regular, 0, ops.maximum(capacity - target, 0))
-        return prune, regular, regular + ops.maximum(target - active, 0)
 
     # --- delegation to the inner optimizer -------------------------------------
 
