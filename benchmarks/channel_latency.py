@@ -121,6 +121,11 @@ def predict_latency(paths, batch, runs, warmup=3):
     return [statistics.median(row) for row in times]
 
 
+def ratios(dense, control, variant):
+    """Seconds of dense, its A/A copy and the variant, and both ratios."""
+    return {"dense": dense, "variant": variant, "ratio": variant / dense, "aa": control / dense}
+
+
 def table(results):
     lines = [
         "| model | variant | live channels | params (slimmed) | FLOPs ratio (slimmed) | TFLite KB | "
@@ -198,8 +203,7 @@ def main():
                 for threads in (1, 2):
                     paths = [dense + ".tflite", dense + "_copy.tflite"]
                     paths.append(os.path.join(FOLDER, file_name(model_name, variant) + ".tflite"))
-                    base, control, this = alternated_latency(paths, threads, args.runs, warmup=5)
-                    entry[str(threads)] = {"dense": base, "variant": this, "ratio": this / base, "aa": control / base}
+                    entry[str(threads)] = ratios(*alternated_latency(paths, threads, args.runs, warmup=5))
                 results["tflite"][key] = entry
                 save()
                 print(key, json.dumps(entry), flush=True)
@@ -216,8 +220,7 @@ def main():
                 entry = {}
                 for batch in (1, 64):
                     paths = [dense, dense, os.path.join(FOLDER, file_name(model_name, variant) + ".keras")]
-                    base, control, this = predict_latency(paths, batch, args.predict_runs)
-                    entry[str(batch)] = {"dense": base, "variant": this, "ratio": this / base, "aa": control / base}
+                    entry[str(batch)] = ratios(*predict_latency(paths, batch, args.predict_runs))
                 timings[key] = entry
                 save()
                 print(backend, key, json.dumps(entry), flush=True)
