@@ -75,7 +75,7 @@ def make_structure(model_name, variant, sparsity, channels, min_channels, data):
     entry = {"params": model.count_params()}
     if sparsity == 0:
         model.save(path + ".keras")
-        keras_dstee.export_tflite(model, path + ".tflite", sparse=False)
+        entry["tflite_bytes"] = keras_dstee.export_tflite(model, path + ".tflite", sparse=False)["bytes"]
         keras_dstee.export_tflite(model, path + "_copy.tflite", sparse=False)
         entry["flops"] = keras_dstee.summary(model, print_fn=lambda line: None)["total"]["flops_dense"]
         return entry
@@ -193,6 +193,7 @@ def main():
                     save()
                     print(key, results["structure"][key], flush=True)
     elif args.phase == "tflite":
+        results["runs"] = args.runs
         for model_name in args.models:
             dense = os.path.join(FOLDER, file_name(model_name, "dense"))
             for variant, *_ in chosen[1:]:
@@ -208,6 +209,7 @@ def main():
                 save()
                 print(key, json.dumps(entry), flush=True)
     elif args.phase == "predict":
+        results["predict_runs"] = args.predict_runs
         backend = keras.backend.backend()
         timings = results["predict"].setdefault(backend, {})
         for model_name in args.models:
@@ -226,7 +228,8 @@ def main():
                 print(backend, key, json.dumps(entry), flush=True)
     text = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; TFLite: median of "
-        f"{args.runs} alternated runs at batch 1, float32; predict: median of {args.predict_runs}\n\n"
+        f"{results.get('runs', args.runs)} alternated runs at batch 1, float32; predict: median of "
+        f"{results.get('predict_runs', args.predict_runs)}\n\n"
         + table(results)
     )
     with open(os.path.join(FOLDER, "table.md"), "w") as f:
