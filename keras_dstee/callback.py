@@ -385,8 +385,8 @@ class SparseTraining(keras.callbacks.Callback):
         training is static."""
         first = max(start, step + 1)
         last = end - 1 if total is None else min(end - 1, run_start + total)
-        prunes = self.method.initial_sparsity is not None
-        # A pruning method also updates at `end` itself.
+        # A pruning method, and channel removal, also update at `end` itself.
+        prunes = self.method.initial_sparsity is not None or self.channel_sparsity > 0
         final = int(prunes and first <= end and (total is None or end <= run_start + total))
         count = _updates_between(first, last, self.update_freq) + final
         if count >= FEW_UPDATES:
@@ -396,8 +396,10 @@ class SparseTraining(keras.callbacks.Callback):
             freq -= 1
         if count == 0:
             effect = "the masks never change: this is static sparse training"
-        elif prunes:
+        elif self.method.initial_sparsity is not None:
             effect = "the sparsity jumps in a few steps instead of rising gradually"
+        elif prunes:
+            effect = "the channels go in a few steps instead of gradually"
         else:
             effect = "too few for the masks to explore"
         warnings.warn(

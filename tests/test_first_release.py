@@ -57,8 +57,10 @@ def _plans(caught):
         (lambda: keras_dstee.GMP(update_freq=10), "plans 1 mask update(s)"),  # only at `end`
         (lambda: keras_dstee.DSTEE(update_freq=1), None),  # steps 1-5: 5 updates
         (lambda: keras_dstee.Static(), None),  # never updates, by design
+        # Channels go at `end` too: the announced update is that one.
+        (lambda: keras_dstee.Static(channel_sparsity=0.3, update_freq=10), "plans 1 mask update(s)"),
     ],
-    ids=["none", "two", "gmp_end_only", "enough", "static"],
+    ids=["none", "two", "gmp_end_only", "enough", "static", "static_channels_end_only"],
 )
 def test_short_runs_warn_how_many_mask_updates_they_make(data, callback, expected):
     x, y = data  # 8 steps per epoch; masks fixed after step 6
@@ -74,7 +76,10 @@ def test_short_runs_warn_how_many_mask_updates_they_make(data, callback, expecte
     assert expected in message and "update_freq=1 or lower" in message
     updates = int(to_numpy(callback.optimizer.last_update)) // max(callback.update_freq, 1)
     # What it announced is what happened: the last update's step says how many.
-    assert int(re.search(r"plans (\d+)", message).group(1)) == (1 if isinstance(callback, keras_dstee.GMP) else updates)
+    at_end_only = isinstance(callback, keras_dstee.GMP) or callback.channel_sparsity > 0
+    assert int(re.search(r"plans (\d+)", message).group(1)) == (1 if at_end_only else updates)
+    if callback.channel_sparsity > 0:
+        assert "the channels go in a few steps" in message
 
 
 @pytest.mark.parametrize("sparsity", [1.2, -0.5, "0.9", None])
