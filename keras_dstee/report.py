@@ -242,16 +242,16 @@ def _print_table(model, rows, total, print_fn, blocked=False, channel_column=Fal
         f"{total['flops_dense']:,}",
         f"{total['flops_sparse']:,}",
     )
-    if blocked:
-        # Which kernels change in blocks; the others' shapes don't divide.
-        header += ("Blocks",)
-        table = [cells + (_block_text(r),) for cells, r in zip(table, rows)]
-        footer += ("",)
     if channel_column:
         count = lambda live, all_: "-" if all_ is None else f"{live}/{all_}"  # noqa: E731
         header += ("Live channels",)
         table = [cells + (count(r["live_channels"], r["channels"]),) for cells, r in zip(table, rows)]
         footer += (count(total["live_channels"], total["channels"]),)
+    if blocked:
+        # Which kernels change in blocks; the others' shapes don't divide.
+        header += ("Blocks",)
+        table = [cells + (_block_text(r),) for cells, r in zip(table, rows)]
+        footer += ("",)
     widths = [max(len(line[i]) for line in [header, footer, *table]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     rule = "-" * len(line(header))
