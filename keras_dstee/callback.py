@@ -547,6 +547,9 @@ class DSTEE(SparseTraining):
             (a smaller, faster dense network). 0 (default) removes none.
         min_channels: per layer, the fraction of the channels the schedule
             would leave it (`1 - channel_sparsity`) that it keeps at least.
+            1.0 makes every layer lose the same fraction: the speed then
+            follows the FLOPs (the global ranking mostly thins the cheap
+            late layers; README, "Channels").
     """
 
     def __init__(self, sparsity=0.9, **kwargs):
