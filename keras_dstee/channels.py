@@ -24,6 +24,8 @@ import re
 import keras
 import numpy as np
 
+from keras_dstee import host
+
 L = keras.layers
 
 # Activations with f(0) == 0: a removed channel (all its weights 0) still
@@ -289,7 +291,8 @@ class _Analysis:
 def nonzero_channels(slice_, source=None):
     """Per channel of the slice's group, whether any of its positions in
     `source` (default: the slice's variable; e.g. its mask) is nonzero."""
-    value = keras.ops.convert_to_numpy(slice_.variable if source is None else source) != 0
+    # `host.to_numpy`: a mask sharded across JAX processes is gathered.
+    value = host.to_numpy(slice_.variable if source is None else source) != 0
     axis = slice_.axis % value.ndim
     per_position = value.any(axis=tuple(i for i in range(value.ndim) if i != axis))
     return np.array([bool(per_position[np.asarray(p, int)].any()) for p in slice_.positions])
