@@ -30,7 +30,6 @@ from keras_dstee import arguments
 from keras_dstee import channels
 from keras_dstee import updates
 from keras_dstee.constraints import MaskConstraint
-from keras_dstee.constraints import masked
 
 ROLES = ("producer", "follower", "consumer")
 
@@ -178,11 +177,8 @@ class ChannelConstraint(MaskConstraint):
         self.state = state
         self.position = position
 
-    def __call__(self, w):
-        w = ops.convert_to_tensor(w)
-        if self.user_constraint is not None:
-            w = self.user_constraint(w)
-        return masked(w, self.state.allowed(self.position, ops.convert_to_tensor(self.state.alive)))
+    def current_mask(self):
+        return self.state.allowed(self.position, ops.convert_to_tensor(self.state.alive))
 
 
 class ChannelState:

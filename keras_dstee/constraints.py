@@ -29,4 +29,8 @@ class MaskConstraint(keras.constraints.Constraint):
         w = ops.convert_to_tensor(w)
         if self.user_constraint is not None:
             w = self.user_constraint(w)
-        return masked(w, self.mask)
+        return masked(w, self.current_mask())
+
+    def current_mask(self):
+        """The 0/1 mask (or one broadcastable to the weight) to apply now."""
+        return self.mask
