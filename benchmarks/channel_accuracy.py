@@ -19,18 +19,26 @@ import json
 import os
 import statistics
 
+import keras
 from common import RESULTS
 from common import load_cifar10
 from common import spread
 from common import train_cifar
 
 OUT = os.path.join(RESULTS, "channel_accuracy.json")
-# (method, channel_sparsity); the first is the reference of the pairs.
-VARIANTS = [("dstee", 0.0), ("dstee", 0.3), ("dstee", 0.5), ("rigl", 0.5)]
+# (method, channel_sparsity, min_channels); the first is the reference of
+# the pairs. min_channels=1.0 keeps the same fraction of every layer (the
+# fast structure of benchmarks/channel_latency.py).
+VARIANTS = [("dstee", 0.0, 0.2), ("dstee", 0.3, 0.2), ("dstee", 0.5, 0.2), ("dstee", 0.5, 1.0), ("rigl", 0.5, 0.2)]
 
 
-def key(model, sparsity, method, channels, seed):
-    return f"{model}/{sparsity}/{method}/{channels}/{seed}"
+def key(model, sparsity, method, channels, seed, min_channels=0.2):
+    uniform = "/uniform" if min_channels == 1.0 else ""
+    return f"{model}/{sparsity}/{method}/{channels}{uniform}/{seed}"
+
+
+def _variant(run):
+    return run["method"], run["channels"], run.get("min_channels", 0.2)
 
 
 def table(runs):
@@ -40,19 +48,19 @@ def table(runs):
     ]
     combos = sorted({(r["model"], r["sparsity"]) for r in runs.values()})
     for model, sparsity in combos:
-        reference = {r["seed"]: r for r in runs.values() if (r["model"], r["sparsity"], r["method"], r["channels"]) == (model, sparsity, "dstee", 0.0)}
-        for method, channels in VARIANTS:
-            group = sorted(
-                (r for r in runs.values() if (r["model"], r["sparsity"], r["method"], r["channels"]) == (model, sparsity, method, channels)),
-                key=lambda r: r["seed"],
-            )
+        same = [r for r in runs.values() if (r["model"], r["sparsity"]) == (model, sparsity)]
+        reference = {r["seed"]: r for r in same if _variant(r) == VARIANTS[0]}
+        for variant in VARIANTS:
+            method, channels, min_channels = variant
+            group = sorted((r for r in same if _variant(r) == variant), key=lambda r: r["seed"])
             if not group:
                 continue
             accs = [100 * r["test_accuracy"] for r in group]
             diffs = [100 * (r["test_accuracy"] - reference[r["seed"]]["test_accuracy"]) for r in group if r["seed"] in reference]
             live = [r["live_channels"] for r in group if r.get("live_channels") is not None]
             name = f"{method}" + (f", channels {channels}" if channels else " unstructured")
-            paired = ", ".join(f"{d:+.2f}" for d in diffs) if (method, channels) != VARIANTS[0] else "-"
+            name += ", every layer (min_channels=1)" if min_channels == 1.0 else ""
+            paired = ", ".join(f"{d:+.2f}" for d in diffs) if variant != VARIANTS[0] else "-"
             mean = f"{statistics.mean(diffs):+.2f} ({len(diffs)})" if paired != "-" and diffs else "-"
             lines.append(
                 f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} | "
@@ -73,13 +81,13 @@ def main():
     for model in args.models:
         for sparsity in args.sparsities:
             for seed in args.seeds:
-                for method, channels in VARIANTS:
-                    k = key(model, sparsity, method, channels, seed)
+                for method, channels, min_channels in VARIANTS:
+                    k = key(model, sparsity, method, channels, seed, min_channels)
                     if k in runs:
                         continue
-                    extra = {"channel_sparsity": channels} if channels else {}
+                    extra = {"channel_sparsity": channels, "min_channels": min_channels} if channels else {}
                     run = train_cifar(method, sparsity, seed, args.epochs, data, update_freq=25, model=model, **extra)
-                    run["channels"] = channels
+                    run.update(channels=channels, min_channels=min_channels, backend=keras.backend.backend())
                     runs[k] = run
                     with open(OUT, "w") as f:
                         json.dump(runs, f, indent=1)

@@ -13,9 +13,11 @@ from keras_dstee.channels import channel_groups
 from keras_dstee.distributions import layer_densities
 from keras_dstee.export import export_saved_model
 from keras_dstee.export import export_tflite
+from keras_dstee.onnx_export import export_onnx
 from keras_dstee.optimizer import SparseOptimizer
 from keras_dstee.report import summary
 from keras_dstee.slimming import slim
+from keras_dstee.tflite_runner import evaluate_tflite
 from keras_dstee.version import __version__
 from keras_dstee.wrapping import strip
 from keras_dstee.xnnpack import xnnpack_sparse_check
@@ -31,6 +33,8 @@ __all__ = [
     "SparseTraining",
     "Static",
     "channel_groups",
+    "evaluate_tflite",
+    "export_onnx",
     "export_saved_model",
     "export_tflite",
     "layer_densities",

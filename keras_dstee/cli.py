@@ -1,8 +1,9 @@
 """`keras-dstee`: summarise or export a saved `.keras` model.
 
     keras-dstee summary m.keras
-    keras-dstee export m.keras --tflite out.tflite [--int8] [--dense] [--optimize-for latency]
+    keras-dstee export m.keras --tflite out.tflite [--int8 [--representative-data x.npy]] [--dense] [--optimize-for latency]
     keras-dstee export m.keras --saved-model out_dir
+    keras-dstee export m.keras --onnx out.onnx
     keras-dstee --version
 """
 
@@ -40,6 +41,17 @@ def _check_folder(parser, path):
         parser.error(f"the output folder does not exist: {folder}")
 
 
+def _samples(path):
+    """A list of input arrays (the form `export_tflite` takes for several
+    inputs), or one array, or None."""
+    if not path:
+        return None
+    from keras_dstee import calibration
+
+    samples = calibration.load_samples(path)
+    return samples[0] if len(samples) == 1 else samples
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="keras-dstee", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -50,13 +62,26 @@ def main(argv=None):
     export = commands.add_parser("export", help="export to TFLite and/or a SavedModel")
     export.add_argument("model", help="a .keras file")
     export.add_argument("--tflite", help="the .tflite file to write")
-    export.add_argument("--int8", action="store_true", help="int8 weights (dynamic range)")
+    export.add_argument(
+        "--int8", action="store_true",
+        help="int8: dynamic range (int8 weights), or full integer with --representative-data",
+    )
+    export.add_argument(
+        "--representative-data",
+        help="input samples to calibrate full-integer int8 on: a .npy, or a .npz with one array per input",
+    )
+    export.add_argument(
+        "--io-dtype", choices=("float32", "int8"), default="float32",
+        help="the full-integer file's input and output type",
+    )
     export.add_argument("--dense", action="store_true", help="do not use the sparse tensor format")
     export.add_argument(
         "--optimize-for", choices=("size", "latency"), default="size",
         help="latency: also report which layers run on a sparse kernel",
     )
     export.add_argument("--saved-model", help="the SavedModel folder to write")
+    export.add_argument("--onnx", help="the ONNX file to write")
+    export.add_argument("--opset", type=int, help="the ONNX opset (default: the exporter's)")
     export.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = parser.parse_args(argv)
 
@@ -69,9 +94,13 @@ def main(argv=None):
         keras_dstee.summary(model, input_shape=shape)
         return 0
 
-    if not (args.tflite or args.saved_model):
-        parser.error("give --tflite FILE and/or --saved-model DIR")
-    for path in (args.tflite, args.saved_model):
+    if not (args.tflite or args.saved_model or args.onnx):
+        parser.error("give --tflite FILE, --saved-model DIR and/or --onnx FILE")
+    if args.representative_data and not args.int8:
+        parser.error("--representative-data calibrates full-integer int8: add --int8")
+    if args.representative_data and not os.path.isfile(args.representative_data):
+        parser.error(f"no such file: {args.representative_data}")
+    for path in (args.tflite, args.saved_model, args.onnx):
         if path:
             _check_folder(parser, path)
     # The optimizer plays no part in an export (and may be a custom class).
@@ -81,6 +110,10 @@ def main(argv=None):
     report = {}
     if args.saved_model:
         report["saved_model"] = export_lib.export_saved_model(model, args.saved_model)
+    if args.onnx:
+        from keras_dstee import onnx_export
+
+        report["onnx"] = onnx_export.export_onnx(model, args.onnx, opset_version=args.opset)
     if args.tflite:
         report.update(
             export_lib.export_tflite(
@@ -89,6 +122,8 @@ def main(argv=None):
                 sparse=not args.dense,
                 quantize="int8" if args.int8 else None,
                 optimize_for=args.optimize_for,
+                representative_data=_samples(args.representative_data),
+                io_dtype=args.io_dtype,
             )
         )
     if args.json:
@@ -97,12 +132,13 @@ def main(argv=None):
         kb = lambda n: f"{n / 1024:,.1f} KB"  # noqa: E731
         print(f"wrote {report['path']}: {kb(report['bytes'])} ({kb(report['gzip_bytes'])} gzipped)")
         print(f"dense export:  {kb(report['dense_bytes'])} ({kb(report['dense_gzip_bytes'])} gzipped)")
-        if report["op_resolver"] != "default":
-            print(f"run it with op resolver {report['op_resolver']}")
+        print(f"quantization: {report['quantization']}")
         for row in report.get("layers", []):
             print(f"{row['path']}: {row['op']}, {row['storage']} ({row['reason']})")
-    else:
+    if "saved_model" in report and not args.json:
         print(f"wrote {report['saved_model']}")
+    if "onnx" in report and not args.json:
+        print(f"wrote {report['onnx']['path']}")
     return 0
 
 

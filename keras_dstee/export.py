@@ -16,12 +16,17 @@ import tempfile
 import warnings
 
 import keras
+import numpy as np
 
+from keras_dstee import calibration
 from keras_dstee import slimming
 from keras_dstee import tflite_inspection
+from keras_dstee import tflite_rewrite
+from keras_dstee import tflite_runner
 
 QUANTIZE = (None, "int8")
 OPTIMIZE_FOR = ("size", "latency")
+IO_DTYPES = ("float32", "int8")
 
 
 def _check_output_path(path):
@@ -56,22 +61,39 @@ def export_saved_model(model, path, slim=False):
     return path
 
 
-def export_tflite(model, path, sparse=True, quantize=None, optimize_for="size", slim=False):
+def export_tflite(
+    model,
+    path,
+    sparse=True,
+    quantize=None,
+    optimize_for="size",
+    slim=False,
+    representative_data=None,
+    io_dtype="float32",
+):
     """Exports `model` to a TFLite file, storing sparse kernels compactly.
 
     A sparse file is always smaller. It is faster only where TFLite has a
-    sparse kernel: `Dense` layers trained with `block_size=(4, 1)` run on
-    TFLite's sparse FullyConnected kernel; other sparse weights (conv,
-    unstructured Dense) are made dense when the interpreter loads them.
-    `optimize_for="latency"` reports, per prunable kernel, which happens.
+    sparse kernel: float `Dense` layers trained with `block_size=(4, 1)`
+    (int8 ones with `(16, 1)`) run on TFLite's sparse FullyConnected kernel;
+    other sparse weights (conv, unstructured Dense) are made dense when the
+    interpreter loads them. `optimize_for="latency"` reports, per prunable
+    kernel, which happens.
+
+    Every file written runs in the default interpreter
+    (`Interpreter(model_path=path)`): int8 weights the default XNNPack
+    delegate cannot load in TFLite's sparse format are stored dense (the
+    report's `int8_stored_dense`), and the file is run once before it is
+    written.
 
     Args:
         model: a Keras model (trained sparse or not), on any backend.
         path: the `.tflite` file to write.
         sparse: store kernels with TFLite's sparse format
             (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`).
-        quantize: `None` (float32) or `"int8"` (int8 weights, dynamic-range
-            quantization; no calibration data needed).
+        quantize: `None` (float32) or `"int8"`: with `representative_data`,
+            full-integer int8 (weights and activations, calibrated on it);
+            without, dynamic-range int8 (int8 weights, float activations).
         optimize_for: `"size"`, or `"latency"`: the same sparse conversion,
             then the converted graph is inspected and the report gets
             `layers` (per prunable kernel: its TFLite `op` and `storage`,
@@ -81,14 +103,22 @@ def export_tflite(model, path, sparse=True, quantize=None, optimize_for="size", 
         slim: export `keras_dstee.slim(model)`: without the channels that
             change no output (a smaller, faster dense network that keeps its
             zeros).
+        representative_data: inputs to calibrate full-integer quantization
+            on (a few hundred samples; the first 300 are used): a NumPy
+            array, a `tf.data.Dataset` or a generator yielding `x` or
+            `(x, y)`, batched or not. Needs `quantize="int8"`.
+        io_dtype: `"float32"` (the file quantizes its input and dequantizes
+            its output itself) or `"int8"` (the caller passes int8 inputs
+            and reads int8 outputs, with the scales in the file's input and
+            output details); `"int8"` needs full-integer quantization.
 
     Returns:
         A dict: `path`; `bytes` and `gzip_bytes` of the file; `dense_bytes`
         and `dense_gzip_bytes` of the same export without the sparse format;
-        `op_resolver`: `"default"`, or, for sparse int8 files,
-        `"BUILTIN_WITHOUT_DEFAULT_DELEGATES"` -- their sparse int8 kernels
-        fail in the default XNNPack delegate, so build the interpreter with
-        `experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`.
+        `quantization`: `"float32"`, `"dynamic_range_int8"` or
+        `"full_int8"`; `int8_stored_dense`: names of the int8 weights
+        stored dense for the default interpreter; `op_resolver`: always
+        `"default"`.
     """
     if quantize not in QUANTIZE:
         raise ValueError(f"`quantize` must be one of {QUANTIZE}. Received: quantize={quantize!r}")
@@ -96,16 +126,30 @@ def export_tflite(model, path, sparse=True, quantize=None, optimize_for="size", 
         raise ValueError(f"`optimize_for` must be one of {OPTIMIZE_FOR}. Received: optimize_for={optimize_for!r}")
     if optimize_for == "latency" and not sparse:
         raise ValueError("`optimize_for='latency'` needs the sparse format: leave `sparse=True`.")
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"`io_dtype` must be one of {IO_DTYPES}. Received: io_dtype={io_dtype!r}")
+    if representative_data is not None and quantize != "int8":
+        raise ValueError(
+            "`representative_data` calibrates full-integer quantization: pass `quantize='int8'` with it."
+        )
+    if io_dtype == "int8" and representative_data is None:
+        raise ValueError(
+            "`io_dtype='int8'` needs full-integer quantization: pass `quantize='int8'` and "
+            "`representative_data` (a few hundred input samples)."
+        )
     _check_output_path(path)
+    samples = None
+    if representative_data is not None:
+        samples = calibration.calibration_samples(representative_data, calibration.input_shapes(model))
     if slim:
         model = slimming.slim(model)
     if keras.backend.backend() != "tensorflow":
         flags = ["--tflite", path] + (["--dense"] if not sparse else [])
         flags += ["--int8"] if quantize == "int8" else []
-        flags += ["--optimize-for", optimize_for]
-        report = _run_in_tensorflow(model, flags)
+        flags += ["--optimize-for", optimize_for, "--io-dtype", io_dtype]
+        report = _run_in_tensorflow(model, flags, samples)
     else:
-        report = _export_tflite_here(model, path, sparse, quantize, optimize_for)
+        report = _export_tflite_here(model, path, sparse, quantize, optimize_for, samples, io_dtype)
     if optimize_for == "latency" and report["accelerated"] == 0:
         reasons = sorted({f"{row['storage']}: {row['reason']}" for row in report["layers"]})
         warnings.warn(
@@ -116,32 +160,50 @@ def export_tflite(model, path, sparse=True, quantize=None, optimize_for="size", 
     return report
 
 
-def _export_tflite_here(model, path, sparse, quantize, optimize_for):
+def _export_tflite_here(model, path, sparse, quantize, optimize_for, samples=None, io_dtype="float32"):
     """`export_tflite` on the TensorFlow backend."""
     with tempfile.TemporaryDirectory() as folder:
         saved = os.path.join(folder, "saved_model")
         model.export(saved, format="tf_saved_model", verbose=False)
-        flat = _convert(saved, sparse=False, quantize=quantize)
-        data = _convert(saved, sparse=True, quantize=quantize) if sparse else flat
+        settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype}
+        flat = _runnable(_convert(saved, sparse=False, **settings))[0]
+        data, rewritten = _runnable(_convert(saved, sparse=True, **settings)) if sparse else (flat, [])
     with open(path, "wb") as f:
         f.write(data)
+    if quantize is None:
+        quantization = "float32"
+    else:
+        quantization = "full_int8" if samples is not None else "dynamic_range_int8"
     report = {
         "path": path,
         "bytes": len(data),
         "gzip_bytes": len(gzip.compress(data)),
         "dense_bytes": len(flat),
         "dense_gzip_bytes": len(gzip.compress(flat)),
-        "op_resolver": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
-        if sparse and quantize == "int8"
-        else "default",
+        "quantization": quantization,
+        "int8_stored_dense": rewritten,
+        "op_resolver": "default",
     }
     if optimize_for == "latency":
-        report["layers"] = tflite_inspection.inspect_tflite(data, model)
+        report["layers"] = tflite_inspection.inspect_tflite(data, model, rewritten)
         report["accelerated"] = sum(row["storage"] == tflite_inspection.SPARSE for row in report["layers"])
     return report
 
 
-def _convert(saved_model, sparse, quantize):
+def _runnable(data):
+    """`data` rewritten so it runs in the default interpreter, and the
+    weights that were stored dense for it; an error if it still fails."""
+    rewritten = []
+    error = tflite_runner.default_interpreter_error(data)
+    if error is not None:
+        data, rewritten = tflite_rewrite.densify_int8_weights(data)
+        error = tflite_runner.default_interpreter_error(data) if rewritten else error
+    if error is not None:
+        raise RuntimeError(f"The converted TFLite file does not run in the default interpreter: {error}")
+    return data, rewritten
+
+
+def _convert(saved_model, sparse, quantize, samples=None, io_dtype="float32"):
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -151,15 +213,26 @@ def _convert(saved_model, sparse, quantize):
     if sparse:
         optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     converter.optimizations = optimizations
+    if samples is not None:
+        # Full integer: every op int8, activation ranges from the samples.
+        converter.representative_dataset = calibration.representative_dataset(samples)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_dtype == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
     return converter.convert()
 
 
-def _run_in_tensorflow(model, flags):
+def _run_in_tensorflow(model, flags, samples=None):
     """Saves `model` to a `.keras` file and exports it from a TensorFlow
-    backend process (`keras-dstee export`), returning its JSON report."""
+    backend process (`keras-dstee export`), returning its JSON report;
+    calibration `samples` travel as an `.npz`."""
     with tempfile.TemporaryDirectory() as folder:
         source = os.path.join(folder, "model.keras")
         model.save(source)
+        if samples is not None:
+            np.savez(os.path.join(folder, "samples.npz"), *samples)
+            flags = [*flags, "--representative-data", os.path.join(folder, "samples.npz")]
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         command = [sys.executable, "-m", "keras_dstee.cli", "export", source, *flags, "--json"]
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

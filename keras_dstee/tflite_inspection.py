@@ -5,11 +5,15 @@ a `FullyConnected` weight whose zeros come in 1x4 blocks of its
 `(output, input)` layout stays sparse and runs on TFLite's sparse kernel
 (faster than dense); any other sparse weight is stored compressed and
 expanded by a `DENSIFY` op when the interpreter loads (smaller file, dense
-speed); a weight with too few (or too scattered) zeros is stored dense.
+speed); a weight with too few (or too scattered) zeros is stored dense. In
+int8 files the sparse FullyConnected kernel takes 1x16 blocks only, and
+`tflite_rewrite` stores int8 weights dense that would need `DENSIFY`.
 """
 
 import math
 import re
+
+from keras_dstee import tflite_runner
 
 # Ops that take a weight tensor as their second input.
 _WEIGHT_OPS = (
@@ -22,29 +26,24 @@ _WEIGHT_OPS = (
 )
 
 SPARSE, DENSIFIED, DENSE, NOT_FOUND = "sparse kernel", "densified at load", "dense", "not found"
+# An int8 weight stored dense by `tflite_rewrite` so the file loads in the
+# default interpreter.
+DENSE_FOR_XNNPACK = "dense (int8, for the default interpreter)"
 
 
 def _graph(tflite_bytes):
     """Ops (name, input and output tensor indices) and tensor details of the
     graph as converted, before any delegate rewrites it."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        from ai_edge_litert.interpreter import OpResolverType
-    except ImportError:  # pragma: no cover (TensorFlow's deprecated copy)
-        from tensorflow.lite.python.interpreter import Interpreter
-        from tensorflow.lite.python.interpreter import OpResolverType
-    interpreter = Interpreter(
-        model_content=tflite_bytes,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
+    interpreter = tflite_runner.open_interpreter(tflite_bytes, builtin_only=True)
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     return interpreter._get_ops_details(), tensors
 
 
-def _weight_uses(tflite_bytes):
+def _weight_uses(tflite_bytes, rewritten=()):
     """One entry per weight-taking op: op name, how its weight is stored,
-    the weight's size and the tensor names that may name the layer."""
+    the weight's size, whether it is int8, and the tensor names that may
+    name the layer. `rewritten`: weights `tflite_rewrite` stored dense."""
     ops, tensors = _graph(tflite_bytes)
     producer = {out: op for op in ops for out in op["outputs"]}
     uses = []
@@ -69,8 +68,16 @@ def _weight_uses(tflite_bytes):
             storage = DENSE
         weight = tensors[index]
         names.append(weight["name"])
+        if storage == DENSE and weight["name"] in rewritten:
+            storage = DENSE_FOR_XNNPACK
         uses.append(
-            {"op": op["op_name"], "storage": storage, "size": int(math.prod(weight["shape"])), "names": names}
+            {
+                "op": op["op_name"],
+                "storage": storage,
+                "size": int(math.prod(weight["shape"])),
+                "names": names,
+                "int8": weight["dtype"].__name__ == "int8",
+            }
         )
     return uses
 
@@ -81,13 +88,18 @@ def _names_layer(names, layer_name):
     return any(pattern.search(n) for n in names)
 
 
-def _reason(op, storage):
+def _reason(op, storage, int8=False):
     if storage == SPARSE:
         return "runs on TFLite's sparse FullyConnected kernel"
-    if storage == DENSE:
-        return "stored dense (too few zeros for the sparse format)"
     if storage == NOT_FOUND:
         return "no TFLite op with this kernel found (folded or renamed)"
+    if op == "FULLY_CONNECTED" and int8:
+        # TFLite's int8 sparse FullyConnected kernel takes 1x16 blocks only.
+        return "int8 runs sparse only with zeros in 1x16 blocks of (output, input): train with block_size=(16, 1)"
+    if storage == DENSE_FOR_XNNPACK:
+        return "int8 sparse storage of this op fails in the default XNNPack delegate, so it is stored dense"
+    if storage == DENSE:
+        return "stored dense (too few zeros for the sparse format)"
     if op == "FULLY_CONNECTED":
         return "zeros not in 1x4 blocks of (output, input): train with block_size=(4, 1)"
     if op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
@@ -98,8 +110,9 @@ def _reason(op, storage):
     return f"TFLite has no sparse {op} kernel"
 
 
-def inspect_tflite(tflite_bytes, model):
-    """Per prunable kernel of `model`, how the converted graph runs it.
+def inspect_tflite(tflite_bytes, model, rewritten=()):
+    """Per prunable kernel of `model`, how the converted graph runs it
+    (`rewritten`: the int8 weights `tflite_rewrite` stored dense).
 
     Kernels are matched to TFLite ops by size, then by the layer's name in
     the op's tensor names, then in graph order.
@@ -111,7 +124,7 @@ def inspect_tflite(tflite_bytes, model):
     """
     from keras_dstee.layers import prunable_layer_variables
 
-    uses = _weight_uses(tflite_bytes)
+    uses = _weight_uses(tflite_bytes, set(rewritten))
     rows = []
     for layer, variable in prunable_layer_variables(model):
         size = math.prod(variable.shape)
@@ -120,14 +133,14 @@ def inspect_tflite(tflite_bytes, model):
         use = (named or candidates or [None])[0]
         if use is not None:
             uses.remove(use)
-        op, storage = (use["op"], use["storage"]) if use else (None, NOT_FOUND)
+        op, storage, int8 = (use["op"], use["storage"], use["int8"]) if use else (None, NOT_FOUND, False)
         rows.append(
             {
                 "layer": layer.name,
                 "path": variable.path,
                 "op": op,
                 "storage": storage,
-                "reason": _reason(op, storage),
+                "reason": _reason(op, storage, int8),
             }
         )
     return rows

@@ -55,11 +55,14 @@ def test_tflite_float_matches_keras(sparse_model, tmp_path):
 def test_tflite_int8_close_to_keras(sparse_model, tmp_path):
     model, x = sparse_model
     report = keras_dstee.export_tflite(model, str(tmp_path / "m8.tflite"), quantize="int8")
-    assert report["op_resolver"] == "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
+    # Dynamic range; sparse int8 conv weights would fail in the default
+    # delegate, so they are stored dense and the default interpreter runs it.
+    assert report["quantization"] == "dynamic_range_int8" and report["op_resolver"] == "default"
+    assert report["int8_stored_dense"]
     expected = to_numpy(model(x))
     # Stated bound for int8 weights: 5% of the largest logit.
     bound = 0.05 * np.abs(expected).max()
-    assert np.abs(_run_tflite(report["path"], x, report["op_resolver"]) - expected).max() <= bound
+    assert np.abs(_run_tflite(report["path"], x, "default") - expected).max() <= bound
 
 
 def test_saved_model(sparse_model, tmp_path):

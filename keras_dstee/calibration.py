@@ -1,0 +1,128 @@
+"""Calibration samples for full-integer TFLite quantization.
+
+The converter measures each activation's range on a few hundred inputs (its
+`representative_dataset`). Users hold those inputs as a NumPy array, a
+`tf.data.Dataset` or a generator, batched or not, alone or with labels; this
+module turns any of them into one array per model input, one sample per row,
+so the samples can also travel to a TensorFlow-backend subprocess as `.npz`.
+"""
+
+import numpy as np
+
+DEFAULT_SAMPLES = 300
+
+
+def _inputs_of(element):
+    """The model input of one element of the user's data: Keras's `fit`
+    convention, `x` or `(x, y)` or `(x, y, sample_weight)`."""
+    if isinstance(element, tuple) and len(element) in (2, 3):
+        return element[0]
+    return element
+
+
+def _as_list(x, count):
+    if isinstance(x, dict):
+        raise ValueError(
+            "`representative_data` with dict inputs is not supported: pass the inputs as a list in the model's input order."
+        )
+    if isinstance(x, (list, tuple)):
+        return [np.asarray(v) for v in x]
+    if count != 1:
+        raise ValueError(f"The model has {count} inputs, but `representative_data` gives one array per element.")
+    return [np.asarray(x)]
+
+
+def input_shapes(model):
+    """The model's input shapes (batch axis included), or None for a
+    subclassed model, whose inputs are known only from the data."""
+    try:
+        return [tuple(t.shape) for t in model.inputs]
+    except (AttributeError, ValueError):
+        return None
+
+
+def load_samples(path):
+    """Samples saved by `np.save` (one input) or `np.savez` (inputs in
+    order, `arr_0`, `arr_1`, ...)."""
+    loaded = np.load(path)
+    if isinstance(loaded, np.ndarray):
+        return [loaded]
+    return [loaded[f"arr_{i}"] for i in range(len(loaded.files))]
+
+
+def calibration_samples(data, input_shapes, limit=DEFAULT_SAMPLES):
+    """One array per model input, at most `limit` samples each.
+
+    Args:
+        data: a NumPy array (samples on the first axis), a `tf.data.Dataset`
+            or any iterable (a generator) yielding `x`, `(x, y)` or
+            `(x, y, sample_weight)`, batched or single samples; for several
+            inputs, `x` is a list of arrays in the model's input order.
+        input_shapes: the model's input shapes, batch axis included (None:
+            unknown; one input, every element batched).
+        limit: how many samples to keep.
+
+    Returns:
+        A list of arrays, one per model input, each `(n, *sample_shape)`.
+    """
+    if input_shapes is None:
+        input_shapes = [(None,) * (np.ndim(_first_array(data)) or 1)]
+    count = len(input_shapes)
+    if isinstance(data, np.ndarray) or (isinstance(data, list) and data and isinstance(data[0], np.ndarray)
+                                        and count > 1 and len(data) == count):
+        arrays = _as_list(data, count)
+        return [_check(a[:limit], shape) for a, shape in zip(arrays, input_shapes)]
+    if hasattr(data, "as_numpy_iterator"):
+        data = data.as_numpy_iterator()
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise ValueError(
+            "`representative_data` must be a NumPy array, a tf.data.Dataset or a generator of "
+            f"inputs. Received: {type(data).__name__}"
+        ) from None
+    parts = [[] for _ in range(count)]
+    taken = 0
+    for element in iterator:
+        arrays = _as_list(_inputs_of(element), count)
+        if len(arrays) != count:
+            raise ValueError(f"The model has {count} inputs, but an element of `representative_data` has {len(arrays)}.")
+        # A single sample has one axis fewer than the model's input.
+        arrays = [a[None] if a.ndim == len(shape) - 1 else a for a, shape in zip(arrays, input_shapes)]
+        for part, a in zip(parts, arrays):
+            part.append(a)
+        taken += len(arrays[0])
+        if taken >= limit:
+            break
+    if taken == 0:
+        raise ValueError("`representative_data` yielded no samples.")
+    return [_check(np.concatenate(part)[:limit], shape) for part, shape in zip(parts, input_shapes)]
+
+
+def _first_array(data):
+    if isinstance(data, np.ndarray):
+        return data
+    raise ValueError(
+        "For a subclassed model, pass `representative_data` as a NumPy array of input samples "
+        "(its inputs are not known before a call)."
+    )
+
+
+def _check(array, shape):
+    sample = tuple(shape[1:])
+    if array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(sample, array.shape[1:])):
+        raise ValueError(
+            f"`representative_data` samples have shape {array.shape[1:]}, but the model's input takes {sample}."
+        )
+    # Integer inputs (token ids) stay integers; images and features are float32.
+    return array if np.issubdtype(array.dtype, np.integer) else array.astype("float32")
+
+
+def representative_dataset(samples):
+    """The converter's `representative_dataset`: one sample at a time."""
+
+    def generate():
+        for i in range(len(samples[0])):
+            yield [s[i : i + 1] for s in samples]
+
+    return generate

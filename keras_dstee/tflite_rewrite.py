@@ -1,0 +1,96 @@
+"""Rewrites a converted `.tflite` graph so it runs in the default interpreter.
+
+TFLite stores a sparse weight that has no sparse kernel compressed, with a
+`DENSIFY` op that expands it when the interpreter loads. For float weights
+the default XNNPack delegate does that expansion itself; for int8 weights
+(dynamic-range and full-integer files) it fails to prepare ("failed to
+delegate CONV_2D ... TfLiteXNNPackDelegate failed to prepare", measured
+with TF 2.21 / ai-edge-litert 2.3). Those weights are stored dense here,
+with the values TFLite's own `DENSIFY` computes, and the `DENSIFY` ops
+removed. int8 weights on TFLite's sparse FullyConnected kernel (no
+`DENSIFY`) keep their sparse storage: they run in the default interpreter.
+"""
+
+import numpy as np
+
+from keras_dstee import tflite_runner
+
+
+def _schema():
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return schema, flatbuffer_utils
+
+
+def _opcode(model, op):
+    code = model.operatorCodes[op.opcodeIndex]
+    # Builtin codes above 127 live in `builtinCode` only.
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def densify_int8_weights(tflite_bytes):
+    """Stores every int8 weight that a `DENSIFY` op expands as a dense
+    constant instead, and drops those ops.
+
+    Returns:
+        `(tflite_bytes, names)`: the rewritten file (the input unchanged if
+        there was nothing to rewrite) and the names of the rewritten weights.
+    """
+    schema, flatbuffer_utils = _schema()
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    int8 = (schema.TensorType.INT8, schema.TensorType.UINT8)
+    targets = []  # (subgraph index, op)
+    for s, graph in enumerate(model.subgraphs):
+        for op in graph.operators:
+            if _opcode(model, op) == schema.BuiltinOperator.DENSIFY and graph.tensors[op.inputs[0]].type in int8:
+                targets.append((s, op))
+    if not targets:
+        return tflite_bytes, []
+    dense = tflite_runner.densified_values(tflite_bytes, [(s, int(op.outputs[0])) for s, op in targets])
+    names = []
+    for (s, op), values in zip(targets, dense):
+        graph = model.subgraphs[s]
+        source, expanded = int(op.inputs[0]), int(op.outputs[0])
+        weight = graph.tensors[source]
+        weight.sparsity = None
+        weight.shape = np.array(values.shape, np.int32)
+        model.buffers[weight.buffer].data = np.frombuffer(values.tobytes(), np.uint8)
+        # Consumers read the (now dense) constant; DENSIFY goes.
+        for other in graph.operators:
+            other.inputs = np.array([source if i == expanded else i for i in other.inputs], np.int32)
+        graph.operators.remove(op)
+        names.append(weight.name.decode() if isinstance(weight.name, bytes) else weight.name)
+    for s, graph in enumerate(model.subgraphs):
+        _drop_unused_tensors(model, s, graph)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), names
+
+
+def _drop_unused_tensors(model, index, graph):
+    """Removes the tensors no op, graph input/output or signature reads (the
+    dropped DENSIFY outputs, with their per-channel scales) and renumbers."""
+    signatures = [d for d in (model.signatureDefs or []) if d.subgraphIndex == index]
+    used = set(graph.inputs) | set(graph.outputs)
+    for op in graph.operators:
+        used |= set(op.inputs) | set(op.outputs)
+        if op.intermediates is not None:
+            used |= set(op.intermediates)
+    for signature in signatures:
+        used |= {t.tensorIndex for t in (signature.inputs or []) + (signature.outputs or [])}
+    used.discard(-1)  # an omitted optional input
+    kept = sorted(int(i) for i in used)
+    new = {old: i for i, old in enumerate(kept)}
+    new[-1] = -1
+
+    def renumber(indices):
+        return np.array([new[int(i)] for i in indices], np.int32)
+
+    graph.tensors = [graph.tensors[i] for i in kept]
+    graph.inputs, graph.outputs = renumber(graph.inputs), renumber(graph.outputs)
+    for op in graph.operators:
+        op.inputs, op.outputs = renumber(op.inputs), renumber(op.outputs)
+        if op.intermediates is not None:
+            op.intermediates = renumber(op.intermediates)
+    for signature in signatures:
+        for t in (signature.inputs or []) + (signature.outputs or []):
+            t.tensorIndex = new[t.tensorIndex]

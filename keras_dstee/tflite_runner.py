@@ -1,0 +1,123 @@
+"""Runs `.tflite` files: predictions, accuracy, and whether a file loads in
+the default interpreter (`Interpreter(model_path=...)`, XNNPack applied)."""
+
+import numpy as np
+
+
+def interpreter_class():
+    """LiteRT's interpreter (TensorFlow's deprecated copy as a fallback) and
+    its `OpResolverType`."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:  # pragma: no cover (an older environment)
+        from tensorflow.lite.python.interpreter import Interpreter
+        from tensorflow.lite.python.interpreter import OpResolverType
+    return Interpreter, OpResolverType
+
+
+def open_interpreter(model, num_threads=None, builtin_only=False, **options):
+    """An interpreter for a file path or the file's bytes; `builtin_only`:
+    TFLite's own kernels, no delegate (the graph as converted)."""
+    Interpreter, OpResolverType = interpreter_class()
+    source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+    if builtin_only:
+        options["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return Interpreter(**source, num_threads=num_threads, **options)
+
+
+def _zeros_invoke(interpreter):
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    interpreter.invoke()
+
+
+def default_interpreter_error(tflite_bytes):
+    """None if the file loads and runs once in the default interpreter, else
+    the interpreter's error message."""
+    try:
+        _zeros_invoke(open_interpreter(tflite_bytes))
+    except (RuntimeError, ValueError) as error:
+        return str(error).strip()
+    return None
+
+
+def densified_values(tflite_bytes, tensors):
+    """The values of `(subgraph, tensor)` outputs after one run of the
+    builtin kernels (no delegate): what `DENSIFY` expands the weights to."""
+    interpreter = open_interpreter(tflite_bytes, builtin_only=True, experimental_preserve_all_tensors=True)
+    _zeros_invoke(interpreter)
+    for subgraph, _ in tensors:
+        if subgraph != 0:
+            raise NotImplementedError("DENSIFY outside the main subgraph")
+    return [interpreter.get_tensor(index).copy() for _, index in tensors]
+
+
+def _to_input(x, detail):
+    scale, zero_point = detail["quantization"]
+    if np.issubdtype(detail["dtype"], np.integer) and scale:
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+    return np.asarray(x, detail["dtype"])
+
+
+def _from_output(y, detail):
+    scale, zero_point = detail["quantization"]
+    if np.issubdtype(detail["dtype"], np.integer) and scale:
+        return (y.astype("float32") - zero_point) * scale
+    return y
+
+
+def predict_tflite(path, x, batch_size=32, num_threads=None):
+    """The first output of the TFLite file at `path` (or its bytes) for the
+    samples `x` (an array, or a list of arrays for several inputs), as
+    float32; int8 inputs and outputs are (de)quantized with the file's own
+    scales."""
+    interpreter = open_interpreter(path, num_threads=num_threads)
+    inputs = interpreter.get_input_details()
+    xs = [np.asarray(a) for a in (x if isinstance(x, (list, tuple)) else [x])]
+    if len(xs) != len(inputs):
+        raise ValueError(f"The file takes {len(inputs)} inputs; received {len(xs)} arrays.")
+    outputs = []
+    resized = None
+    for start in range(0, len(xs[0]), batch_size):
+        batch = [a[start : start + batch_size] for a in xs]
+        if resized != len(batch[0]):
+            for detail, a in zip(inputs, batch):
+                interpreter.resize_tensor_input(detail["index"], a.shape)
+            interpreter.allocate_tensors()
+            resized = len(batch[0])
+        for detail, a in zip(inputs, batch):
+            interpreter.set_tensor(detail["index"], _to_input(a, detail))
+        interpreter.invoke()
+        detail = interpreter.get_output_details()[0]
+        outputs.append(_from_output(interpreter.get_tensor(detail["index"]), detail))
+    return np.concatenate(outputs)
+
+
+def evaluate_tflite(path, x, y, batch_size=32, num_threads=None):
+    """Classification accuracy of a TFLite file on `(x, y)`, run by the
+    default TFLite interpreter: what a user ships, measured.
+
+    Args:
+        path: a `.tflite` file (float32, dynamic-range or full int8).
+        x: the inputs, as for `model.evaluate`: an array, or a list of
+            arrays in the model's input order.
+        y: integer class labels `(n,)`, or one-hot `(n, classes)`.
+        batch_size: samples per interpreter call.
+        num_threads: interpreter threads (None: TFLite's default).
+
+    Returns:
+        The fraction of samples whose largest output is the label.
+    """
+    y = np.asarray(y)
+    scores = predict_tflite(path, x, batch_size, num_threads)
+    if scores.ndim != 2 or scores.shape[-1] < 2:
+        raise ValueError(
+            f"evaluate_tflite measures accuracy over class scores; the file's output has shape {scores.shape[1:]}."
+        )
+    labels = y.argmax(-1) if y.ndim == 2 else y.reshape(-1)
+    if len(labels) != len(scores):
+        raise ValueError(f"`x` has {len(scores)} samples but `y` has {len(labels)} labels.")
+    return float(np.mean(scores.argmax(-1) == labels))

@@ -1,0 +1,218 @@
+"""What users ship: full-integer int8 TFLite (calibrated, runs in the default
+interpreter), its accuracy measured on the file, and ONNX."""
+
+import importlib.util
+import os
+
+import keras
+import numpy as np
+import pytest
+from helpers import compile_model
+from helpers import small_cnn
+from helpers import to_numpy
+
+import keras_dstee
+from keras_dstee import calibration
+from keras_dstee import cli
+from keras_dstee import tflite_rewrite
+from keras_dstee import tflite_runner
+
+litert = pytest.importorskip("ai_edge_litert.interpreter")
+BACKEND = keras.backend.backend()
+# What TFLite itself does with a converted file is the same from every
+# backend (TensorFlow writes it): those tests run once.
+tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="the same file from every backend: runs on tensorflow")
+
+
+def _learnable(n=256, seed=0):
+    """Images whose class is a fixed linear function of their channel means."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2)) @ rng.normal(size=(3, 5))).argmax(-1)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x, y = _learnable()
+    model = compile_model(small_cnn(seed=2))
+    model.fit(x, y, batch_size=32, epochs=6, verbose=0, callbacks=[keras_dstee.DSTEE(sparsity=0.9, update_freq=2, seed=1)])
+    keras_dstee.strip(model)
+    return model, x, y
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(to_numpy(model(x)).argmax(-1) == y))
+
+
+def _weight_dtypes(path):
+    """The stored dtype of each conv / fully-connected weight in the file."""
+    interpreter = tflite_runner.open_interpreter(path, builtin_only=True)
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    return [tensors[op["inputs"][1]]["dtype"] for op in ops if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+
+
+@pytest.mark.parametrize("io_dtype", ["float32", "int8"])
+def test_full_int8_runs_in_the_default_interpreter_close_to_keras(trained, tmp_path, io_dtype):
+    model, x, y = trained
+    path = str(tmp_path / "full.tflite")
+    # As a user holds calibration data: an array, or batches with labels.
+    data = x[:200] if io_dtype == "float32" else ((x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32))
+    report = keras_dstee.export_tflite(model, path, quantize="int8", representative_data=data, io_dtype=io_dtype)
+    assert report["quantization"] == "full_int8" and report["op_resolver"] == "default"
+    assert _weight_dtypes(path) == [np.int8] * 4
+    interpreter = litert.Interpreter(model_path=path)  # the default interpreter, XNNPack included
+    interpreter.allocate_tensors()
+    assert interpreter.get_input_details()[0]["dtype"] == np.dtype(io_dtype)
+    # The file's accuracy is the model's, give or take quantization.
+    assert abs(keras_dstee.evaluate_tflite(path, x, y) - _accuracy(model, x, y)) <= 0.03
+    agree = tflite_runner.predict_tflite(path, x).argmax(-1) == to_numpy(model(x)).argmax(-1)
+    assert agree.mean() >= 0.95
+
+
+def test_evaluate_tflite_float_equals_keras(trained, tmp_path):
+    model, x, y = trained
+    report = keras_dstee.export_tflite(model, str(tmp_path / "f.tflite"))
+    assert report["quantization"] == "float32"
+    np.testing.assert_allclose(tflite_runner.predict_tflite(report["path"], x, batch_size=50), to_numpy(model(x)), atol=1e-5)
+    one_hot = np.eye(5)[y]
+    assert keras_dstee.evaluate_tflite(report["path"], x, one_hot) == _accuracy(model, x, y)
+    with pytest.raises(ValueError, match="labels"):
+        keras_dstee.evaluate_tflite(report["path"], x, y[:10])
+
+
+def test_calibration_samples_from_every_kind_of_data():
+    x, y = _learnable(64)
+    shapes = [(None, 8, 8, 3)]
+    expected = x[:40]
+    tf = pytest.importorskip("tensorflow")
+    kinds = {
+        "array": x,
+        "batches with labels": ((x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)),
+        "single samples": (x[i] for i in range(64)),
+        "tf.data": tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
+    }
+    for kind, data in kinds.items():
+        samples = calibration.calibration_samples(data, shapes, limit=40)
+        assert len(samples) == 1, kind
+        np.testing.assert_array_equal(samples[0], expected, err_msg=kind)
+    for data, message in [
+        (np.zeros((4, 8, 8, 1), "float32"), r"shape \(8, 8, 1\)"),
+        ((v for v in []), "no samples"),
+        (3.0, "NumPy array, a tf.data.Dataset or a generator"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            calibration.calibration_samples(data, shapes)
+
+
+def _block_mlp(block_size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 64)).astype("float32")
+    y = rng.integers(0, 8, size=256)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(16)]
+    )
+    compile_model(model)
+    callback = keras_dstee.DSTEE(sparsity=0.9, distribution="uniform", block_size=block_size, update_freq=2, seed=1)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+    return keras_dstee.strip(model), x
+
+
+@tensorflow_only
+def test_int8_sparse_kernel_needs_16x1_blocks(tmp_path):
+    model, x = _block_mlp((16, 1))
+    report = keras_dstee.export_tflite(
+        model, str(tmp_path / "b16.tflite"), quantize="int8", representative_data=x, optimize_for="latency"
+    )
+    assert [row["storage"] for row in report["layers"]] == ["sparse kernel"] * 3 and report["accelerated"] == 3
+    assert report["int8_stored_dense"] == [] and report["bytes"] < 0.5 * report["dense_bytes"]
+    model, x = _block_mlp((4, 1))
+    with pytest.warns(UserWarning, match="not faster than dense"):
+        report = keras_dstee.export_tflite(
+            model, str(tmp_path / "b4.tflite"), quantize="int8", representative_data=x, optimize_for="latency"
+        )
+    assert report["accelerated"] == 0
+    assert all("block_size=(16, 1)" in row["reason"] for row in report["layers"])
+
+
+@tensorflow_only
+def test_rewrite_for_the_default_interpreter_is_exact(trained, tmp_path):
+    """The converter's sparse int8 file fails in the default delegate; the
+    rewritten one runs there, and on TFLite's builtin kernels both give
+    bit-identical outputs."""
+    import tensorflow as tf
+
+    model, x, _ = trained
+    folder = str(tmp_path / "saved")
+    model.export(folder, format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    converter.representative_dataset = calibration.representative_dataset([x[:64]])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    original = converter.convert()
+    assert "XNNPack" in tflite_runner.default_interpreter_error(original)
+    rewritten, names = tflite_rewrite.densify_int8_weights(original)
+    assert len(names) == 4 and tflite_runner.default_interpreter_error(rewritten) is None
+    outputs = []
+    for content in (original, rewritten):
+        interpreter = tflite_runner.open_interpreter(content, builtin_only=True)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x[:1])
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_onnx_matches_keras_and_keeps_the_zeros(trained, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    model, x, _ = trained
+    report = keras_dstee.export_onnx(model, str(tmp_path / "m.onnx"))
+    assert os.path.getsize(report["path"]) == report["bytes"]
+    session = ort.InferenceSession(report["path"])
+    outputs = session.run(None, {session.get_inputs()[0].name: x[:16]})[0]
+    np.testing.assert_allclose(outputs, to_numpy(model(x[:16])), atol=1e-4)
+    # Every zero of the kernels is in the file's initializers.
+    kernel_zeros = sum(int(np.sum(to_numpy(w) == 0)) for w in model.trainable_weights if len(w.shape) > 1)
+    stored_zeros = sum(int(np.sum(numpy_helper.to_array(t) == 0)) for t in onnx.load(report["path"]).graph.initializer)
+    assert stored_zeros >= kernel_zeros > 0
+
+
+def test_refusals_write_nothing(trained, tmp_path, monkeypatch):
+    model, x, _ = trained
+    path = tmp_path / "out.tflite"
+    for kwargs, message in [
+        ({"representative_data": x}, "quantize='int8'"),
+        ({"quantize": "int8", "io_dtype": "int8"}, "representative_data"),
+        ({"quantize": "int8", "representative_data": x, "io_dtype": "uint8"}, "io_dtype"),
+        ({"quantize": "int8", "representative_data": x[..., :1]}, "shape"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            keras_dstee.export_tflite(model, str(path), **kwargs)
+        assert not path.exists()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "tf2onnx") else real(name, *a))
+    with pytest.raises(ImportError, match=r"keras-dstee\[onnx\]"):
+        keras_dstee.export_onnx(model, str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_full_int8_and_onnx(trained, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    model, x, _ = trained
+    source = str(tmp_path / "m.keras")
+    model.save(source)
+    np.save(tmp_path / "x.npy", x[:100])
+    out = str(tmp_path / "m.tflite")
+    assert cli.main(["export", source, "--tflite", out, "--int8", "--representative-data", str(tmp_path / "x.npy")]) == 0
+    assert "quantization: full_int8" in capsys.readouterr().out
+    assert cli.main(["export", source, "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert os.path.isfile(tmp_path / "m.onnx")
+    with pytest.raises(SystemExit):
+        cli.main(["export", source, "--tflite", out, "--representative-data", str(tmp_path / "x.npy")])
+    assert "add --int8" in capsys.readouterr().err
