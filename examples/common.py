@@ -102,6 +102,13 @@ def load_npz(path):
     return (data["x_train"], data["y_train"].reshape(-1)), (data["x_test"], data["y_test"].reshape(-1))
 
 
+def cifar_statistics(x_train):
+    """Per-channel mean and std of uint8 training images, on the 0-1 scale:
+    the CIFAR examples' standardisation (`deploy.py` repeats it)."""
+    pixels = x_train.reshape(-1, 3)
+    return pixels.mean(axis=0) / 255.0, pixels.std(axis=0) / 255.0
+
+
 def cifar_datasets(train, test, batch_size, seed, epochs, start_epoch=0, steps=None, replicas=1):
     """tf.data pipelines with the CIFAR augmentation: 4-pixel zero padding,
     random 32x32 crop, horizontal flip; per-channel standardisation.
@@ -117,8 +124,7 @@ def cifar_datasets(train, test, batch_size, seed, epochs, start_epoch=0, steps=N
     tf = require("tensorflow")
 
     (x_train, y_train), (x_test, y_test) = train, test
-    mean = x_train.reshape(-1, 3).mean(axis=0) / 255.0
-    std = x_train.reshape(-1, 3).std(axis=0) / 255.0
+    mean, std = cifar_statistics(x_train)
     steps = steps or len(x_train) // batch_size
     x_all, y_all = tf.constant(x_train), tf.constant(y_train)
 

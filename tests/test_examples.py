@@ -205,3 +205,22 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path):
     b = keras.saving.load_model(tmp_path / "whole" / "model.keras", compile=False)
     for x, y in zip(a.weights, b.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), keras.ops.convert_to_numpy(y))
+
+
+@needs_data
+def test_deploy_example(tmp_path):
+    """`deploy.py --smoke`: every artifact written, measured and tabled."""
+    command = [sys.executable, os.path.join(ROOT, "examples", "deploy.py"), "--smoke", "--data", CIFAR10, "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    with open(tmp_path / "deploy.json") as f:
+        artifacts = {os.path.basename(a["path"]): a for a in json.load(f)["artifacts"]}
+    expected = {"model.keras", "saved_model", "dense_float32.tflite", "float32.tflite", "dynamic_int8.tflite", "full_int8.tflite",
+                "float32_slim.tflite", "dynamic_int8_slim.tflite", "full_int8_slim.tflite", "model.onnx"}
+    assert set(artifacts) == expected
+    # The float files compute what the Keras model does; slimming keeps it.
+    keras_accuracy = artifacts["model.keras"]["accuracy"]
+    assert artifacts["float32.tflite"]["accuracy"] == artifacts["float32_slim.tflite"]["accuracy"] == keras_accuracy
+    assert artifacts["float32.tflite"]["bytes"] < 0.3 * artifacts["dense_float32.tflite"]["bytes"]
+    assert artifacts["float32_slim.tflite"]["latency_ms"] > 0 and (tmp_path / "deploy.png").stat().st_size > 0
+    assert "| TFLite full int8 |" in (tmp_path / "deploy.md").read_text()
