@@ -94,12 +94,15 @@ def export_tflite(
         quantize: `None` (float32) or `"int8"`: with `representative_data`,
             full-integer int8 (weights and activations, calibrated on it);
             without, dynamic-range int8 (int8 weights, float activations).
-        optimize_for: `"size"`, or `"latency"`: the same sparse conversion,
-            then the converted graph is inspected and the report gets
-            `layers` (per prunable kernel: its TFLite `op` and `storage`,
-            `"sparse kernel"`, `"densified at load"` or `"dense"`, with a
-            `reason`) and `accelerated` (how many run on a sparse kernel); a
-            warning says why when none does.
+        optimize_for: `"size"`, or `"latency"`: the sparse conversion, except
+            that a weight on TFLite's sparse FullyConnected kernel is stored
+            dense where that kernel is slower than dense (a Dense layer over
+            several rows per sample: tokens, pixels), so the file is never
+            slower than dense; the converted graph is inspected and the
+            report gets `layers` (per prunable kernel: its TFLite `op` and
+            `storage`, `"sparse kernel"`, `"densified at load"`, `"dense"` or
+            `"dense (faster here)"`, with a `reason`) and `accelerated` (how
+            many run on a sparse kernel); a warning says why when none does.
         slim: export `keras_dstee.slim(model)`: without the channels that
             change no output (a smaller, faster dense network that keeps its
             zeros).
@@ -168,6 +171,9 @@ def _export_tflite_here(model, path, sparse, quantize, optimize_for, samples=Non
         settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype}
         flat = _runnable(_convert(saved, sparse=False, **settings))[0]
         data, rewritten = _runnable(_convert(saved, sparse=True, **settings)) if sparse else (flat, [])
+    kept_dense = []
+    if optimize_for == "latency":
+        data, kept_dense = tflite_rewrite.dense_where_sparse_is_slower(data, flat)
     with open(path, "wb") as f:
         f.write(data)
     if quantize is None:
@@ -185,7 +191,7 @@ def _export_tflite_here(model, path, sparse, quantize, optimize_for, samples=Non
         "op_resolver": "default",
     }
     if optimize_for == "latency":
-        report["layers"] = tflite_inspection.inspect_tflite(data, model, rewritten)
+        report["layers"] = tflite_inspection.inspect_tflite(data, model, rewritten, kept_dense)
         report["accelerated"] = sum(row["storage"] == tflite_inspection.SPARSE for row in report["layers"])
     return report
 

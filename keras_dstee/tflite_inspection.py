@@ -29,6 +29,8 @@ SPARSE, DENSIFIED, DENSE, NOT_FOUND = "sparse kernel", "densified at load", "den
 # An int8 weight stored dense by `tflite_rewrite` so the file loads in the
 # default interpreter.
 DENSE_FOR_XNNPACK = "dense (int8, for the default interpreter)"
+# A weight `optimize_for="latency"` keeps dense: the sparse kernel is slower.
+DENSE_FOR_SPEED = "dense (faster here)"
 
 
 def _graph(tflite_bytes):
@@ -40,10 +42,12 @@ def _graph(tflite_bytes):
     return interpreter._get_ops_details(), tensors
 
 
-def _weight_uses(tflite_bytes, rewritten=()):
+def _weight_uses(tflite_bytes, rewritten=(), kept_dense=None):
     """One entry per weight-taking op: op name, how its weight is stored,
     the weight's size, whether it is int8, and the tensor names that may
-    name the layer. `rewritten`: weights `tflite_rewrite` stored dense."""
+    name the layer. `rewritten`: int8 weights `tflite_rewrite` stored
+    dense; `kept_dense`: name -> rows of the weights kept dense for speed."""
+    kept_dense = kept_dense or {}
     ops, tensors = _graph(tflite_bytes)
     producer = {out: op for op in ops for out in op["outputs"]}
     uses = []
@@ -70,6 +74,9 @@ def _weight_uses(tflite_bytes, rewritten=()):
         names.append(weight["name"])
         if storage == DENSE and weight["name"] in rewritten:
             storage = DENSE_FOR_XNNPACK
+        rows = kept_dense.get(weight["name"]) if storage == DENSE else None
+        if rows is not None:
+            storage = DENSE_FOR_SPEED
         uses.append(
             {
                 "op": op["op_name"],
@@ -77,6 +84,7 @@ def _weight_uses(tflite_bytes, rewritten=()):
                 "size": int(math.prod(weight["shape"])),
                 "names": names,
                 "int8": weight["dtype"].__name__ == "int8",
+                "rows": rows,
             }
         )
     return uses
@@ -88,7 +96,12 @@ def _names_layer(names, layer_name):
     return any(pattern.search(n) for n in names)
 
 
-def _reason(op, storage, int8=False):
+def _reason(op, storage, int8=False, rows=None):
+    if storage == DENSE_FOR_SPEED:
+        return (
+            f"applied to {rows} rows per sample: XNNPack's dense matrix product beats TFLite's "
+            "sparse kernel there, so it is stored dense"
+        )
     if storage == SPARSE:
         return "runs on TFLite's sparse FullyConnected kernel"
     if storage == NOT_FOUND:
@@ -110,9 +123,10 @@ def _reason(op, storage, int8=False):
     return f"TFLite has no sparse {op} kernel"
 
 
-def inspect_tflite(tflite_bytes, model, rewritten=()):
+def inspect_tflite(tflite_bytes, model, rewritten=(), kept_dense=()):
     """Per prunable kernel of `model`, how the converted graph runs it
-    (`rewritten`: the int8 weights `tflite_rewrite` stored dense).
+    (`rewritten`: the int8 weights `tflite_rewrite` stored dense;
+    `kept_dense`: `{"name", "rows"}` of the weights kept dense for speed).
 
     Kernels are matched to TFLite ops by size, then by the layer's name in
     the op's tensor names, then in graph order.
@@ -120,11 +134,12 @@ def inspect_tflite(tflite_bytes, model, rewritten=()):
     Returns:
         A list of dicts, one per prunable kernel in model order: `layer`,
         `path`, `op` (the TFLite op, or None), `storage` (`"sparse kernel"`,
-        `"densified at load"`, `"dense"` or `"not found"`) and `reason`.
+        `"densified at load"`, `"dense"`, `"dense (faster here)"`, `"dense
+        (int8, for the default interpreter)"` or `"not found"`) and `reason`.
     """
     from keras_dstee.layers import prunable_layer_variables
 
-    uses = _weight_uses(tflite_bytes, set(rewritten))
+    uses = _weight_uses(tflite_bytes, set(rewritten), {k["name"]: k["rows"] for k in kept_dense})
     rows = []
     for layer, variable in prunable_layer_variables(model):
         size = math.prod(variable.shape)
@@ -133,14 +148,15 @@ def inspect_tflite(tflite_bytes, model, rewritten=()):
         use = (named or candidates or [None])[0]
         if use is not None:
             uses.remove(use)
-        op, storage, int8 = (use["op"], use["storage"], use["int8"]) if use else (None, NOT_FOUND, False)
+        op, storage = (use["op"], use["storage"]) if use else (None, NOT_FOUND)
+        int8, weight_rows = (use["int8"], use["rows"]) if use else (False, None)
         rows.append(
             {
                 "layer": layer.name,
                 "path": variable.path,
                 "op": op,
                 "storage": storage,
-                "reason": _reason(op, storage, int8),
+                "reason": _reason(op, storage, int8, weight_rows),
             }
         )
     return rows

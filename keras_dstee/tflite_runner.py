@@ -43,15 +43,13 @@ def default_interpreter_error(tflite_bytes):
     return None
 
 
-def densified_values(tflite_bytes, tensors):
-    """The values of `(subgraph, tensor)` outputs after one run of the
-    builtin kernels (no delegate): what `DENSIFY` expands the weights to."""
+def tensor_values(tflite_bytes, tensors):
+    """The values of main-graph tensors after one batch-1 run of the builtin
+    kernels (no delegate) on zeros: what `DENSIFY` expands weights to, and
+    the shapes the graph computes at run time."""
     interpreter = open_interpreter(tflite_bytes, builtin_only=True, experimental_preserve_all_tensors=True)
     _zeros_invoke(interpreter)
-    for subgraph, _ in tensors:
-        if subgraph != 0:
-            raise NotImplementedError("DENSIFY outside the main subgraph")
-    return [interpreter.get_tensor(index).copy() for _, index in tensors]
+    return [interpreter.get_tensor(index).copy() for index in tensors]
 
 
 def _to_input(x, detail):

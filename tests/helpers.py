@@ -2,8 +2,15 @@
 
 import keras
 import numpy as np
+import pytest
 
 import keras_dstee
+
+
+def only_on(backend, why):
+    """Runs a slow test on one backend: what it checks does not depend on
+    the backend (`why`), and the core it relies on is tested on all three."""
+    return pytest.mark.skipif(keras.backend.backend() != backend, reason=f"{why}: runs on {backend}")
 
 
 def small_cnn(seed=0):

@@ -216,3 +216,29 @@ def test_cli_full_int8_and_onnx(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", source, "--tflite", out, "--representative-data", str(tmp_path / "x.npy")])
     assert "add --int8" in capsys.readouterr().err
+
+
+@tensorflow_only
+def test_latency_export_keeps_dense_where_the_sparse_kernel_loses(tmp_path):
+    """A Dense layer over 16 tokens is stored dense (the sparse kernel is a
+    matrix-vector product); the one after Flatten, one row, stays sparse."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 16, 64)).astype("float32")
+    y = rng.integers(0, 10, size=128)
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((16, 64)), layers.Dense(128, activation="relu"), layers.Flatten(), layers.Dense(64), layers.Dense(10)]
+    )
+    compile_model(model)
+    callback = keras_dstee.DSTEE(sparsity=0.9, distribution="uniform", block_size=(4, 1), update_freq=2, seed=1)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[callback])
+    keras_dstee.strip(model)
+    report = keras_dstee.export_tflite(model, str(tmp_path / "tokens.tflite"), optimize_for="latency")
+    storage = [row["storage"] for row in report["layers"]]
+    assert storage == ["dense (faster here)", "sparse kernel", "sparse kernel"], report["layers"]
+    assert "16 rows per sample" in report["layers"][0]["reason"] and report["accelerated"] == 2
+    np.testing.assert_allclose(tflite_runner.predict_tflite(report["path"], x[:8]), to_numpy(model(x[:8])), atol=1e-5)
+    # For size, every weight keeps the sparse format.
+    sized = keras_dstee.export_tflite(model, str(tmp_path / "size.tflite"))
+    assert sized["bytes"] < report["bytes"]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from helpers import assert_budget
 from helpers import compile_model
+from helpers import only_on
 
 import keras_dstee
 from keras_dstee.distributions import active_count
@@ -166,6 +167,7 @@ APPLICATIONS = {
 }
 
 
+@only_on("tensorflow", "which kernels of a real architecture get masks")
 @pytest.mark.parametrize("name", sorted(APPLICATIONS))
 def test_keras_applications(name):
     keras.utils.set_random_seed(0)
@@ -234,6 +236,7 @@ def _cv_resnet_v2():
 BACKBONES = {"hub_resnet": _hub_resnet, "hub_vgg": _hub_vgg, "cv_resnet_v2": _cv_resnet_v2}
 
 
+@only_on("tensorflow", "which kernels of a real architecture get masks")
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_keras_hub_and_keras_cv_backbones(name):
     keras.utils.set_random_seed(0)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import assert_budget
+from helpers import only_on
 from helpers import to_numpy
 
 import keras_dstee
@@ -141,6 +142,7 @@ def test_initial_mask_is_checked_and_saved(task, tmp_path):
         np.testing.assert_array_equal(to_numpy(a.mask), to_numpy(b.mask))
 
 
+@only_on("tensorflow", "a real pretrained backbone (magnitude starts: every backend, above)")
 def test_a_keras_applications_backbone_from_a_local_weights_file(tmp_path):
     """The README's path: a `keras.applications` backbone, its weights from
     a local file, a new head, DST-EE from the largest weights."""
