@@ -125,6 +125,7 @@ def dense_where_sparse_is_slower(tflite_bytes, dense_bytes):
     # static shape may be a placeholder): every row of the input is its.
     inputs = tflite_runner.tensor_values(tflite_bytes, [int(op.inputs[0]) for op, _ in sparse])
     changed = []
+    dense_opcode = None
     for (op, dense_op), values in zip(sparse, inputs):
         weight = graph.tensors[op.inputs[1]]
         rows = int(np.prod(values.shape[:-1]))
@@ -135,6 +136,12 @@ def dense_where_sparse_is_slower(tflite_bytes, dense_bytes):
             continue
         weight.sparsity = None
         model.buffers[weight.buffer].data = dense.buffers[source.buffer].data
+        # The op takes the dense file's version: XNNPack declines the sparse
+        # FullyConnected version (8) even with a dense weight (measured).
+        if dense_opcode is None:
+            dense_opcode = len(model.operatorCodes)
+            model.operatorCodes.append(dense.operatorCodes[dense_op.opcodeIndex])
+        op.opcodeIndex = dense_opcode
         name = weight.name.decode() if isinstance(weight.name, bytes) else weight.name
         changed.append({"name": name, "rows": rows})
     if not changed:
