@@ -106,13 +106,13 @@ def _reason(op, storage, int8=False, rows=None):
         return "runs on TFLite's sparse FullyConnected kernel"
     if storage == NOT_FOUND:
         return "no TFLite op with this kernel found (folded or renamed)"
+    if storage == DENSE:
+        return "stored dense (too few zeros for the sparse format)"
     if op == "FULLY_CONNECTED" and int8:
         # TFLite's int8 sparse FullyConnected kernel takes 1x16 blocks only.
         return "int8 runs sparse only with zeros in 1x16 blocks of (output, input): train with block_size=(16, 1)"
     if storage == DENSE_FOR_XNNPACK:
         return "int8 sparse storage of this op fails in the default XNNPack delegate, so it is stored dense"
-    if storage == DENSE:
-        return "stored dense (too few zeros for the sparse format)"
     if op == "FULLY_CONNECTED":
         return "zeros not in 1x4 blocks of (output, input): train with block_size=(4, 1)"
     if op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
