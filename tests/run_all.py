@@ -24,7 +24,7 @@ def main(args):
         env = dict(os.environ, KERAS_BACKEND=backend)
         process = subprocess.Popen(
             # The slowest tests, so a CI log shows where the time goes.
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=15", *args],
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=25", *args],
             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         last = ""
