@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import compile_model
+from helpers import only_on
 from helpers import small_cnn
 from helpers import to_numpy
 
@@ -21,7 +22,7 @@ litert = pytest.importorskip("ai_edge_litert.interpreter")
 BACKEND = keras.backend.backend()
 # What TFLite itself does with a converted file is the same from every
 # backend (TensorFlow writes it): those tests run once.
-tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="the same file from every backend: runs on tensorflow")
+tensorflow_only = only_on("tensorflow", "the same file from every backend")
 
 
 def _learnable(n=256, seed=0):
@@ -202,6 +203,7 @@ def test_refusals_write_nothing(trained, tmp_path, monkeypatch):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@tensorflow_only
 def test_cli_full_int8_and_onnx(trained, tmp_path, capsys):
     pytest.importorskip("onnx")
     model, x, _ = trained

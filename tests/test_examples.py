@@ -55,9 +55,10 @@ def _run(script, args, out, **env):
 @pytest.mark.parametrize(
     "script",
     [
-        # One ResNet-50 smoke (the ImageNet one runs on jax), to keep CI short.
+        # One smoke per backend, to keep CI short: ResNet-50 CIFAR on torch,
+        # VGG-19 with channels on tensorflow, ImageNet ResNet-50 on jax.
         pytest.param("resnet50_cifar10.py", marks=only_on("torch", "the ResNet-50 CIFAR smoke")),
-        "vgg19_cifar100.py",
+        pytest.param("vgg19_cifar100.py", marks=only_on("tensorflow", "the VGG-19 CIFAR smoke with channels")),
     ],
 )
 def test_cifar_example(script, tmp_path):

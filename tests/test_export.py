@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import compile_model
+from helpers import only_on
 from helpers import small_cnn
 from helpers import to_numpy
 
@@ -110,6 +111,7 @@ def test_strip_keeps_weights_and_loads_without_the_plugin(tmp_path):
     assert result.stdout.split()[-2:] == [type(inner).__name__, str(nonzeros)]
 
 
+@only_on("tensorflow", "what TFLite does with the converted file (exports from jax and torch: above)")
 def test_cli(sparse_model, tmp_path, capsys):
     model, _ = sparse_model
     path = str(tmp_path / "m.keras")
@@ -160,6 +162,7 @@ def _dense_model(block_size, seed=0):
     return model, x[:4]
 
 
+@only_on("tensorflow", "what TFLite does with the converted file (exports from jax and torch: above)")
 def test_block_trained_dense_layers_are_stored_sparse(tmp_path):
     model, x = _dense_model(block_size=(4, 1))
     report = keras_dstee.export_tflite(model, str(tmp_path / "b.tflite"), optimize_for="latency")
@@ -172,6 +175,7 @@ def test_block_trained_dense_layers_are_stored_sparse(tmp_path):
     np.testing.assert_allclose(_run_tflite(report["path"], x, "default"), to_numpy(model(x)), atol=1e-5)
 
 
+@only_on("tensorflow", "what TFLite does with the converted file (exports from jax and torch: above)")
 def test_latency_export_warns_when_nothing_is_accelerated(tmp_path):
     model, x = _dense_model(block_size=None)
     with pytest.warns(UserWarning, match=r"not faster than dense.*block_size=\(4, 1\)"):
@@ -186,6 +190,7 @@ def test_latency_export_warns_when_nothing_is_accelerated(tmp_path):
         keras_dstee.export_tflite(model, str(tmp_path / "u.tflite"), sparse=False, optimize_for="latency")
 
 
+@only_on("tensorflow", "what TFLite does with the converted file (exports from jax and torch: above)")
 def test_conv_layers_are_reported_densified(sparse_model, tmp_path):
     model, _ = sparse_model
     with pytest.warns(UserWarning, match="XNNPACK"):
