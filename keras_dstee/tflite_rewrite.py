@@ -3,9 +3,10 @@
 TFLite stores a sparse weight that has no sparse kernel compressed, with a
 `DENSIFY` op that expands it when the interpreter loads. For float weights
 the default XNNPack delegate does that expansion itself; for int8 weights
-(dynamic-range and full-integer files) it fails to prepare ("failed to
-delegate CONV_2D ... TfLiteXNNPackDelegate failed to prepare", measured
-with TF 2.21 / ai-edge-litert 2.3). Those weights are stored dense here,
+(dynamic-range and full-integer files) it can fail to prepare ("failed to
+delegate CONV_2D ... TfLiteXNNPackDelegate failed to prepare": small CNNs
+and MLPs, not ResNet-50; TF 2.21 / ai-edge-litert 2.3). `export` calls
+this only for a file that fails. Those weights are stored dense here,
 with the values TFLite's own `DENSIFY` computes, and the `DENSIFY` ops
 removed. int8 weights on TFLite's sparse FullyConnected kernel (no
 `DENSIFY`) keep their sparse storage: they run in the default interpreter.
