@@ -93,11 +93,13 @@ def gzip_bytes(path):
         return len(gzip.compress(f.read()))
 
 
-def has_removed_channels(model):
+def slimmed_or_none(model):
+    """`keras_dstee.slim(model)`, or None when it removes nothing."""
     try:
-        return keras_dstee.slim(model).count_params() < model.count_params()
+        slimmed = keras_dstee.slim(model)
     except ValueError:  # no removable channel groups (e.g. a plain MLP)
-        return False
+        return None
+    return slimmed if slimmed.count_params() < model.count_params() else None
 
 
 def export_all(model, out, calibration):
@@ -107,20 +109,22 @@ def export_all(model, out, calibration):
     rows.append({"name": "SavedModel", "path": keras_dstee.export_saved_model(model, os.path.join(out, "saved_model")),
                  "kind": "saved_model"})
     tflite = [
-        ("TFLite float32, dense storage", "dense_float32", {"sparse": False}),
-        ("TFLite float32, sparse", "float32", {"optimize_for": "latency"}),
-        ("TFLite dynamic-range int8", "dynamic_int8", {"quantize": "int8", "optimize_for": "latency"}),
-        ("TFLite full int8", "full_int8", {"quantize": "int8", "representative_data": calibration, "optimize_for": "latency"}),
+        ("TFLite float32, dense storage", "dense_float32", model, {"sparse": False}),
+        ("TFLite float32, sparse", "float32", model, {"optimize_for": "latency"}),
+        ("TFLite dynamic-range int8", "dynamic_int8", model, {"quantize": "int8", "optimize_for": "latency"}),
+        ("TFLite full int8", "full_int8", model,
+         {"quantize": "int8", "representative_data": calibration, "optimize_for": "latency"}),
     ]
-    if has_removed_channels(model):
-        tflite += [(f"{name}, slimmed", f"{file}_slim", dict(options, slim=True)) for name, file, options in tflite[1:]]
-    for name, file, options in tflite:
+    slimmed = slimmed_or_none(model)  # slimmed once, exported three ways
+    if slimmed is not None:
+        tflite += [(f"{name}, slimmed", f"{file}_slim", slimmed, options) for name, file, _, options in tflite[1:]]
+    for name, file, source, options in tflite:
         path = os.path.join(out, f"{file}.tflite")
         print(f"Exporting {path} ...", flush=True)
         with warnings.catch_warnings():
             # "No layer runs on a sparse kernel": the table's last column says so.
             warnings.filterwarnings("ignore", message="No layer of this TFLite file")
-            report = keras_dstee.export_tflite(model, path, **options)
+            report = keras_dstee.export_tflite(source, path, **options)
         rows.append({"name": name, "path": path, "kind": "tflite", "report": report})
     try:
         report = keras_dstee.export_onnx(model, os.path.join(out, "model.onnx"))
@@ -169,7 +173,7 @@ def alternated_latency(runners, runs, warmup=10):
     return [statistics.median(row) for row in times]
 
 
-def tflite_runner(path, sample):
+def tflite_call(path, sample):
     from keras_dstee.tflite_runner import open_interpreter
 
     interpreter = open_interpreter(path, num_threads=1)
@@ -179,7 +183,7 @@ def tflite_runner(path, sample):
     return interpreter.invoke
 
 
-def onnx_runner(path, sample):
+def onnx_call(path, sample):
     session = onnx_session(path)
     feed = {session.get_inputs()[0].name: sample}
     return lambda: session.run(None, feed)
@@ -196,8 +200,8 @@ def measure(rows, model, x, y, runs):
     sample = x[:1]
     timed = [r for r in rows if r["kind"] in ("tflite", "onnx")]
     dense = next(r for r in timed if r["path"].endswith("dense_float32.tflite"))
-    runners = [tflite_runner(r["path"], sample) if r["kind"] == "tflite" else onnx_runner(r["path"], sample) for r in timed]
-    runners.append(tflite_runner(dense["path"], sample))  # the A/A copy
+    runners = [tflite_call(r["path"], sample) if r["kind"] == "tflite" else onnx_call(r["path"], sample) for r in timed]
+    runners.append(tflite_call(dense["path"], sample))  # the A/A copy
     seconds = alternated_latency(runners, runs)
     for row, s in zip(timed, seconds):
         row["latency_ms"] = 1000 * s

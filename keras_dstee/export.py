@@ -29,7 +29,7 @@ OPTIMIZE_FOR = ("size", "latency")
 IO_DTYPES = ("float32", "int8")
 
 
-def _check_output_path(path):
+def check_output_path(path):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"The folder of the output path does not exist: {folder}")
@@ -51,13 +51,13 @@ def export_saved_model(model, path, slim=False):
     Returns:
         `path`.
     """
-    _check_output_path(path)
+    check_output_path(path)
     if slim:
         model = slimming.slim(model)
     if keras.backend.backend() in ("tensorflow", "jax"):
         model.export(path, format="tf_saved_model", verbose=False)
         return path
-    _run_in_tensorflow(model, ["--saved-model", path])
+    run_in_tensorflow(model, ["--saved-model", path])
     return path
 
 
@@ -140,7 +140,7 @@ def export_tflite(
             "`io_dtype='int8'` needs full-integer quantization: pass `quantize='int8'` and "
             "`representative_data` (a few hundred input samples)."
         )
-    _check_output_path(path)
+    check_output_path(path)
     samples = None
     if representative_data is not None:
         samples = calibration.calibration_samples(representative_data, calibration.input_shapes(model))
@@ -150,7 +150,7 @@ def export_tflite(
         flags = ["--tflite", path] + (["--dense"] if not sparse else [])
         flags += ["--int8"] if quantize == "int8" else []
         flags += ["--optimize-for", optimize_for, "--io-dtype", io_dtype]
-        report = _run_in_tensorflow(model, flags, samples)
+        report = run_in_tensorflow(model, flags, samples)
     else:
         report = _export_tflite_here(model, path, sparse, quantize, optimize_for, samples, io_dtype)
     if optimize_for == "latency" and report["accelerated"] == 0:
@@ -229,7 +229,7 @@ def _convert(saved_model, sparse, quantize, samples=None, io_dtype="float32"):
     return converter.convert()
 
 
-def _run_in_tensorflow(model, flags, samples=None):
+def run_in_tensorflow(model, flags, samples=None):
     """Saves `model` to a `.keras` file and exports it from a TensorFlow
     backend process (`keras-dstee export`), returning its JSON report;
     calibration `samples` travel as an `.npz`."""

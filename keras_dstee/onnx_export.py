@@ -12,14 +12,11 @@ measured), so TensorFlow's route is the one that works for JAX models.
 
 import gzip
 import importlib.util
-import os
-import subprocess
-import sys
-import tempfile
 
 import keras
 import numpy as np
 
+from keras_dstee import export
 from keras_dstee import slimming
 
 _NEEDS = {"tensorflow": ("onnx", "tf2onnx"), "jax": ("onnx", "tf2onnx"), "torch": ("onnx",)}
@@ -76,9 +73,7 @@ def export_onnx(model, path, slim=False, opset_version=None):
     """
     backend = keras.backend.backend()
     _check_dependencies(backend)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"The folder of the output path does not exist: {folder}")
+    export.check_output_path(path)
     policy = model.dtype_policy.name
     if policy != "float32":
         raise ValueError(
@@ -88,7 +83,7 @@ def export_onnx(model, path, slim=False, opset_version=None):
     if slim:
         model = slimming.slim(model)
     if backend == "jax":
-        _export_in_tensorflow(model, path, opset_version)
+        export.run_in_tensorflow(model, ["--onnx", path] + (["--opset", str(opset_version)] if opset_version else []))
     else:
         _mark_called(model)
         model.export(path, format="onnx", verbose=False, opset_version=opset_version)
@@ -96,14 +91,3 @@ def export_onnx(model, path, slim=False, opset_version=None):
         data = f.read()
     return {"path": path, "bytes": len(data), "gzip_bytes": len(gzip.compress(data))}
 
-
-def _export_in_tensorflow(model, path, opset_version):
-    with tempfile.TemporaryDirectory() as folder:
-        source = os.path.join(folder, "model.keras")
-        model.save(source)
-        env = dict(os.environ, KERAS_BACKEND="tensorflow")
-        command = [sys.executable, "-m", "keras_dstee.cli", "export", source, "--onnx", path]
-        command += ["--opset", str(opset_version)] if opset_version else []
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError("ONNX export under the TensorFlow backend failed:\n" + result.stderr[-3000:])
