@@ -109,5 +109,8 @@ def test_identical_masks_on_all_backends():
         grow = inactive[np.argsort(-scores.ravel()[inactive])[:37]]
         after_drop[grow] = 1
         assert indices == np.flatnonzero(after_drop).tolist()
-    for other in {"tensorflow", "jax", "torch"} - {keras.backend.backend()}:
-        assert _masks_on(other) == here, other
+    # Each backend's suite checks its own masks against numpy above; one of
+    # them also compares all three directly (two subprocesses, ~20 s).
+    if keras.backend.backend() == "tensorflow":
+        for other in ("jax", "torch"):
+            assert _masks_on(other) == here, other
