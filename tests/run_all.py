@@ -3,12 +3,14 @@
     python tests/run_all.py [--jobs N] [pytest arguments]
 
 Keras fixes its backend at import, so each backend gets its own pytest
-process; every test id names its backend (`test_x[jax]`). Backends run side
-by side, `--jobs` at a time (default: one per CPU core, at most three):
-most of a test's time is single-threaded (tracing, compiling, subprocesses
-starting), so two cores finish two backends in little more than the time
-of one. With more than one job, a backend's output is printed whole when it
-finishes. Exits non-zero if any backend fails.
+processes; every test id names its backend (`test_x[jax]`). Processes run
+side by side, `--jobs` at a time (default: one per CPU core): most of a
+test's time is single-threaded (tracing, compiling, subprocesses starting),
+so two cores finish the suite in little more than half the time. Without
+pytest arguments, each backend's suite runs as two processes, the
+subprocess-heavy files (examples, several processes, distribution) and the
+rest, so the parts pack evenly. With more than one job, a part's output is
+printed whole when it finishes. Exits non-zero if any part fails.
 """
 
 import argparse
@@ -20,9 +22,21 @@ import tempfile
 import time
 
 BACKENDS = ("tensorflow", "jax", "torch")
-# The longest first, so the others fill the remaining job.
-START_ORDER = ("jax", "tensorflow", "torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Files whose tests mostly wait on subprocesses (example scripts, several
+# processes, TensorFlow exports); run apart from the rest on each backend.
+SUBPROCESS_HEAVY = ["tests/test_examples.py", "tests/test_benchmarks.py", "tests/test_multiprocess.py",
+                    "tests/test_distributed.py"]
+# (backend, part), longest first (measured on 2 cores), so the short parts
+# fill in at the end.
+PARTS = [("jax", "rest"), ("tensorflow", "rest"), ("jax", "subprocesses"), ("torch", "rest"),
+         ("torch", "subprocesses"), ("tensorflow", "subprocesses")]
+
+
+def _part_args(part):
+    if part == "subprocesses":
+        return SUBPROCESS_HEAVY
+    return [f"--ignore={path}" for path in SUBPROCESS_HEAVY]
 
 
 def _command(args, basetemp):
@@ -31,10 +45,10 @@ def _command(args, basetemp):
     return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=25", f"--basetemp={basetemp}", *args]
 
 
-def _start(backend, args, workdir, stream):
+def _start(backend, name, args, workdir, stream):
     env = dict(os.environ, KERAS_BACKEND=backend)
-    basetemp = os.path.join(workdir, f"pytest-{backend}")
-    log = None if stream else open(os.path.join(workdir, f"{backend}.log"), "w+")
+    basetemp = os.path.join(workdir, f"pytest-{name}")
+    log = None if stream else open(os.path.join(workdir, f"{name}.log"), "w+")
     process = subprocess.Popen(
         _command(args, basetemp), cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE if stream else log, stderr=subprocess.STDOUT,
@@ -43,7 +57,7 @@ def _start(backend, args, workdir, stream):
 
 
 def _print_stream(process):
-    """Echoes a running backend's output live; returns its last non-empty line."""
+    """Echoes a running part's output live; returns its last non-empty line."""
     last = ""
     for line in process.stdout:
         print(line, end="", flush=True)
@@ -63,39 +77,47 @@ def _print_log(log):
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--jobs", type=int, default=min(len(BACKENDS), os.cpu_count() or 1))
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     options, args = parser.parse_known_args(argv)
     if options.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {options.jobs}")
-    jobs = min(options.jobs, len(BACKENDS))
+    if args:  # the user's selection: one process per backend
+        parts = [(backend, None, args) for backend in ("jax", "tensorflow", "torch")]
+    else:
+        parts = [(backend, part, _part_args(part)) for backend, part in PARTS]
+    jobs = min(options.jobs, len(parts))
     totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
     failed = []
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="keras-dstee-tests-") as workdir:
-        waiting = list(START_ORDER)
+        waiting = list(parts)
         running = {}
         while waiting or running:
             while waiting and len(running) < jobs:
-                backend = waiting.pop(0)
+                backend, part, part_args = waiting.pop(0)
+                name = f"{backend}-{part}" if part else backend
+                title = f"KERAS_BACKEND={backend}" + (f" ({part})" if part else "")
                 if jobs == 1:
-                    print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
+                    print(f"\n===== {title} =====", flush=True)
                 else:
-                    print(f"started KERAS_BACKEND={backend} ({time.time() - start:.0f} s)", flush=True)
-                running[backend] = (*_start(backend, args, workdir, stream=jobs == 1), time.time())
+                    print(f"started {title} ({time.time() - start:.0f} s)", flush=True)
+                process, log = _start(backend, name, part_args, workdir, stream=jobs == 1)
+                running[name] = (process, log, time.time(), title, backend)
             if jobs == 1:
-                backend, (process, log, began) = next(iter(running.items()))
+                name, (process, log, began, title, backend) = next(iter(running.items()))
                 last = _print_stream(process)
             else:
-                finished = [b for b, (p, _, _) in running.items() if p.poll() is not None]
+                finished = [n for n, (p, *_) in running.items() if p.poll() is not None]
                 if not finished:
                     time.sleep(1)
                     continue
-                backend = finished[0]
-                process, log, began = running[backend]
-                print(f"\n===== KERAS_BACKEND={backend} ({time.time() - began:.0f} s) =====", flush=True)
+                name = finished[0]
+                process, log, began, title, backend = running[name]
+                print(f"\n===== {title}, {time.time() - began:.0f} s =====", flush=True)
                 last = _print_log(log)
-            del running[backend]
-            if process.wait() != 0:
+            del running[name]
+            # pytest exits 5 when a part selects no test (e.g. -k matching none there).
+            if process.wait() not in (0, 5) and backend not in failed:
                 failed.append(backend)
             for count, word in re.findall(r"(\d+) (passed|failed|skipped|error)", last):
                 totals[word] += int(count)

@@ -28,30 +28,15 @@ LAYERS = {
     "separable_conv1d": ((10, 8), lambda: L.SeparableConv1D(16, 3, depth_multiplier=2), 2),
     "separable_conv2d": ((8, 8, 8), lambda: L.SeparableConv2D(16, 3, depth_multiplier=2), 2),
 }
-# Compiled steps (XLA on tensorflow and jax). torch.compile (inductor) spends
-# 30-100 s compiling one training step on a 2-core CPU (measured), so on
-# torch two layer kinds run compiled, a matrix and a 4-D kernel, and the
-# other tests eagerly (Keras's default on torch).
-TORCH_COMPILED = {"dense", "conv2d"}
 
 
-def _jit_compile(name):
-    if keras.backend.backend() != "torch":
-        return True
-    if name not in TORCH_COMPILED:
-        return False
-    import torch
-
-    # A fresh compile, as in a user's process: Dynamo otherwise generalises
-    # the shapes it saw in earlier tests, and inductor then fails on some
-    # transposed convolutions (torch 2.13: "Invalid ranges [0:-1]").
-    torch._dynamo.reset()
-    return True
-
-
-def _fit(model, x, y, callback, steps=6, jit_compile=None):
-    if jit_compile is None:
-        jit_compile = keras.backend.backend() != "torch"
+# Compiled steps: XLA on tensorflow and jax. On torch, eager (Keras's
+# default there): torch.compile (inductor) spends 30-120 s compiling one
+# training step on a 2-core CPU (measured), and the compiled step with masks
+# is checked for every optimizer in test_training.py; the layer kind changes
+# only which kernels get masks.
+def _fit(model, x, y, callback, steps=6):
+    jit_compile = keras.backend.backend() != "torch"
     compile_model(model, keras.optimizers.Adam(1e-2), jit_compile=jit_compile)
     model.fit(x, y, batch_size=8, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[callback])
     assert_budget(model)
@@ -76,7 +61,7 @@ def test_layer_trains_sparse(name):
     x, y = _data(input_shape)
     # Uniform: every kernel, however small, is sparse.
     callback = keras_dstee.DSTEE(sparsity=0.7, distribution="uniform", update_freq=2, seed=0)
-    model = _fit(model, x, y, callback, jit_compile=_jit_compile(name))
+    model = _fit(model, x, y, callback)
     sparse = {id(k.variable) for k in model.optimizer.kernels}
     own = [v for v in layer.trainable_variables if len(v.shape) >= 2]
     assert len(own) == count
