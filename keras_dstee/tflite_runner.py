@@ -43,6 +43,34 @@ def default_interpreter_error(tflite_bytes):
     return None
 
 
+def _random_input(rng, detail):
+    if np.issubdtype(detail["dtype"], np.floating):
+        return rng.normal(size=detail["shape"]).astype(detail["dtype"])
+    if detail["dtype"] in (np.int8, np.uint8):
+        info = np.iinfo(detail["dtype"])
+        return rng.integers(info.min, info.max + 1, size=detail["shape"]).astype(detail["dtype"])
+    return np.zeros(detail["shape"], detail["dtype"])  # indices: 0 is always valid
+
+
+def default_interpreter_deviation(tflite_bytes, seed=0):
+    """How far the default interpreter's outputs are from TFLite's builtin
+    kernels' (the graph as converted) on one random batch-1 input: the
+    largest difference over the largest builtin output (dequantized)."""
+    outputs = []
+    for builtin_only in (False, True):
+        interpreter = open_interpreter(tflite_bytes, builtin_only=builtin_only)
+        interpreter.allocate_tensors()
+        rng = np.random.default_rng(seed)
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], _random_input(rng, detail))
+        interpreter.invoke()
+        outputs.append(
+            [_from_output(interpreter.get_tensor(d["index"]), d).astype("float64") for d in interpreter.get_output_details()]
+        )
+    default, builtin = (np.concatenate([o.ravel() for o in run]) for run in outputs)
+    return float(np.max(np.abs(default - builtin), initial=0.0) / max(np.max(np.abs(builtin), initial=0.0), 1e-12))
+
+
 def tensor_values(tflite_bytes, tensors):
     """The values of main-graph tensors after one batch-1 run of the builtin
     kernels (no delegate) on zeros: what `DENSIFY` expands weights to, and

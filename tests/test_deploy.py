@@ -140,6 +140,30 @@ def test_int8_sparse_kernel_needs_16x1_blocks(tmp_path):
 
 
 @tensorflow_only
+def test_dynamic_range_int8_on_the_sparse_kernel_computes_what_keras_does(tmp_path):
+    """Dynamic-range int8 weights with (16, 1) blocks run on TFLite's sparse
+    kernel in the default interpreter and compute what Keras does (with the
+    converter's op version, XNNPack read them as dense: garbage)."""
+    model, x = _block_mlp((16, 1))
+    path = str(tmp_path / "dynamic.tflite")
+    report = keras_dstee.export_tflite(model, path, quantize="int8", optimize_for="latency")
+    assert report["quantization"] == "dynamic_range_int8" and report["accelerated"] == 3
+    expected = to_numpy(model(x[:64]))
+    got = tflite_runner.predict_tflite(path, x[:64])
+    assert np.max(np.abs(got - expected)) <= 0.05 * np.max(np.abs(expected))
+    assert tflite_runner.default_interpreter_deviation(open(path, "rb").read()) < 0.01
+
+
+@tensorflow_only
+def test_a_file_the_default_interpreter_computes_wrongly_is_refused(tmp_path, monkeypatch):
+    model, _ = _block_mlp((4, 1))
+    monkeypatch.setattr(tflite_runner, "default_interpreter_deviation", lambda data: 0.5)
+    with pytest.raises(RuntimeError, match="50.0% of the largest output"):
+        keras_dstee.export_tflite(model, str(tmp_path / "m.tflite"))
+    assert not os.listdir(tmp_path)
+
+
+@tensorflow_only
 def test_rewrite_for_the_default_interpreter_is_exact(trained, tmp_path):
     """The converter's sparse int8 file fails in the default delegate; the
     rewritten one runs there, and on TFLite's builtin kernels both give
