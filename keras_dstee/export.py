@@ -201,7 +201,7 @@ def _runnable(data):
     """`data` rewritten so it runs in the default interpreter, and the
     weights that were stored dense for it; an error if it still fails."""
     # First, so the default interpreter never reads a sparse weight as dense.
-    data, _ = tflite_rewrite.sparse_weights_to_the_sparse_kernel(data)
+    data = tflite_rewrite.sparse_weights_to_the_sparse_kernel(data)
     rewritten = []
     error = tflite_runner.default_interpreter_error(data)
     if error is not None:

@@ -83,14 +83,12 @@ def sparse_weights_to_the_sparse_kernel(tflite_bytes):
     CIFAR-10). TFLite's builtin kernels compute the same with either version.
 
     Returns:
-        `(tflite_bytes, count)`: the file (unchanged if no op needed it) and
-        how many ops changed version.
+        The file (the input itself if no op needed it).
     """
     schema, flatbuffer_utils = _schema()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     graph = model.subgraphs[0]
     versioned = {}  # opcode index -> the same opcode at the sparse version
-    count = 0
     for op in _fully_connected(model, graph, schema):
         code = model.operatorCodes[op.opcodeIndex]
         if graph.tensors[op.inputs[1]].sparsity is None or code.version == SPARSE_FULLY_CONNECTED_VERSION:
@@ -100,10 +98,9 @@ def sparse_weights_to_the_sparse_kernel(tflite_bytes):
             model.operatorCodes.append(copy.copy(code))
             model.operatorCodes[-1].version = SPARSE_FULLY_CONNECTED_VERSION
         op.opcodeIndex = versioned[op.opcodeIndex]
-        count += 1
-    if not count:
-        return tflite_bytes, 0
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), count
+    if not versioned:
+        return tflite_bytes
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _drop_unused_tensors(model, index, graph):

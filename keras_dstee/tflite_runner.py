@@ -1,6 +1,8 @@
 """Runs `.tflite` files: predictions, accuracy, and whether a file loads in
 the default interpreter (`Interpreter(model_path=...)`, XNNPack applied)."""
 
+import functools
+
 import numpy as np
 
 
@@ -26,10 +28,12 @@ def open_interpreter(model, num_threads=None, builtin_only=False, **options):
     return Interpreter(**source, num_threads=num_threads, **options)
 
 
-def _zeros_invoke(interpreter):
+def _invoke(interpreter, fill=None):
+    """Allocates and runs once on inputs `fill(detail)` (zeros by default)."""
     interpreter.allocate_tensors()
     for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        value = fill(detail) if fill else np.zeros(detail["shape"], detail["dtype"])
+        interpreter.set_tensor(detail["index"], value)
     interpreter.invoke()
 
 
@@ -37,7 +41,7 @@ def default_interpreter_error(tflite_bytes):
     """None if the file loads and runs once in the default interpreter, else
     the interpreter's error message."""
     try:
-        _zeros_invoke(open_interpreter(tflite_bytes))
+        _invoke(open_interpreter(tflite_bytes))
     except (RuntimeError, ValueError) as error:
         return str(error).strip()
     return None
@@ -59,11 +63,8 @@ def default_interpreter_deviation(tflite_bytes, seed=0):
     outputs = []
     for builtin_only in (False, True):
         interpreter = open_interpreter(tflite_bytes, builtin_only=builtin_only)
-        interpreter.allocate_tensors()
-        rng = np.random.default_rng(seed)
-        for detail in interpreter.get_input_details():
-            interpreter.set_tensor(detail["index"], _random_input(rng, detail))
-        interpreter.invoke()
+        # A fresh generator per run: the same input for both.
+        _invoke(interpreter, functools.partial(_random_input, np.random.default_rng(seed)))
         outputs.append(
             [_from_output(interpreter.get_tensor(d["index"]), d).astype("float64") for d in interpreter.get_output_details()]
         )
@@ -76,7 +77,7 @@ def tensor_values(tflite_bytes, tensors):
     kernels (no delegate) on zeros: what `DENSIFY` expands weights to, and
     the shapes the graph computes at run time."""
     interpreter = open_interpreter(tflite_bytes, builtin_only=True, experimental_preserve_all_tensors=True)
-    _zeros_invoke(interpreter)
+    _invoke(interpreter)
     return [interpreter.get_tensor(index).copy() for index in tensors]
 
 
