@@ -5,8 +5,9 @@
 Masks the kernels exactly as sparse training starts (`SparseOptimizer`,
 ERK densities), exports with `keras_dstee.export_tflite` and prints the
 sparse and dense `.tflite` sizes (raw and gzipped), float32 and full-integer
-int8 (calibrated on 100 random inputs: the size does not depend on them).
-Writes `benchmarks/results/export_size.json`.
+int8 (calibrated on 100 random inputs: the size does not depend on them),
+and where the full-int8 file's bytes go. Writes
+`benchmarks/results/export_size.json`.
 """
 
 import json
@@ -18,6 +19,34 @@ import numpy as np
 from common import RESULTS
 
 import keras_dstee
+
+
+def bytes_by_part(path):
+    """Where a `.tflite` file's bytes go: sparse weight values, their index
+    arrays, other constants (biases), quantization parameters (float32
+    scales, int64 zero points), the rest (graph, names, shapes)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(path)
+    parts = dict.fromkeys(["sparse values", "sparse indices", "sparse segments", "other constants", "quantization"], 0)
+    counted = set()  # tensors may share a buffer
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data
+        stored = 0 if data is None or tensor.buffer in counted else len(data)
+        counted.add(tensor.buffer)
+        if tensor.sparsity is not None:
+            parts["sparse values"] += stored
+            for level in tensor.sparsity.dimMetadata:
+                if level.arrayIndices is not None:
+                    parts["sparse indices"] += level.arrayIndices.values.nbytes
+                    parts["sparse segments"] += level.arraySegments.values.nbytes
+        else:
+            parts["other constants"] += stored
+        q = tensor.quantization
+        if q is not None and q.scale is not None:
+            parts["quantization"] += 4 * len(q.scale) + 8 * len(q.zeroPoint)
+    parts["graph and names"] = os.path.getsize(path) - sum(parts.values())
+    return parts
 
 
 def main():
@@ -37,6 +66,7 @@ def main():
             int8 = keras_dstee.export_tflite(
                 model, os.path.join(folder, "m8.tflite"), quantize="int8", representative_data=calibration
             )
+            int8_parts = bytes_by_part(os.path.join(folder, "m8.tflite"))
         row = {
             "sparsity": sparsity,
             "kernel_sparsity": report["total"]["sparsity"],
@@ -49,6 +79,7 @@ def main():
             "int8_gzip_bytes": int8["gzip_bytes"],
             "int8_dense_bytes": int8["dense_bytes"],
             "int8_stored_dense": len(int8["int8_stored_dense"]),
+            "int8_bytes_by_part": int8_parts,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -64,6 +95,11 @@ def main():
               f"| {mb(r['int8_bytes'])} ({100 * r['int8_bytes'] / r['dense_bytes']:.1f}%) "
               f"| {mb(r['int8_gzip_bytes'])} ({100 * r['int8_gzip_bytes'] / r['dense_bytes']:.1f}%) "
               f"| {mb(r['int8_dense_bytes'])} |")
+    print("\nWhere the full-int8 sparse file's bytes go:\n")
+    print("| sparsity | " + " | ".join(rows[0]["int8_bytes_by_part"]) + " |")
+    print("|---" * (len(rows[0]["int8_bytes_by_part"]) + 1) + "|")
+    for r in rows:
+        print(f"| {r['sparsity']} | " + " | ".join(f"{n / 1e6:.2f} MB" for n in r["int8_bytes_by_part"].values()) + " |")
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ def _runnable(data):
         error = tflite_runner.default_interpreter_error(data) if rewritten else error
     if error is not None:
         raise RuntimeError(f"The converted TFLite file does not run in the default interpreter: {error}")
-    return data, rewritten
+    return tflite_rewrite.quantization_stored_once(data), rewritten
 
 
 # Largest difference allowed between the default interpreter's outputs and

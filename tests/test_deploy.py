@@ -163,32 +163,69 @@ def test_a_file_the_default_interpreter_computes_wrongly_is_refused(tmp_path, mo
     assert not os.listdir(tmp_path)
 
 
-@tensorflow_only
-def test_rewrite_for_the_default_interpreter_is_exact(trained, tmp_path):
-    """The converter's sparse int8 file fails in the default delegate; the
-    rewritten one runs there, and on TFLite's builtin kernels both give
-    bit-identical outputs."""
+def _converted_full_int8(model, x, folder):
+    """The converter's sparse full-int8 file, before any rewrite."""
     import tensorflow as tf
 
-    model, x, _ = trained
-    folder = str(tmp_path / "saved")
     model.export(folder, format="tf_saved_model", verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(folder)
     converter.optimizations = [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     converter.representative_dataset = calibration.representative_dataset([x[:64]])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    original = converter.convert()
+    return converter.convert()
+
+
+def _builtin_outputs(contents, x):
+    outputs = []
+    for content in contents:
+        interpreter = tflite_runner.open_interpreter(content, builtin_only=True)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    return outputs
+
+
+@tensorflow_only
+def test_rewrite_for_the_default_interpreter_is_exact(trained, tmp_path):
+    """The converter's sparse int8 file fails in the default delegate; the
+    rewritten one runs there, and on TFLite's builtin kernels both give
+    bit-identical outputs."""
+    model, x, _ = trained
+    original = _converted_full_int8(model, x, str(tmp_path / "saved"))
     assert "XNNPack" in tflite_runner.default_interpreter_error(original)
     rewritten, names = tflite_rewrite.densify_int8_weights(original)
     assert len(names) == 4 and tflite_runner.default_interpreter_error(rewritten) is None
-    outputs = []
-    for content in (original, rewritten):
-        interpreter = tflite_runner.open_interpreter(content, builtin_only=True)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x[:1])
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    outputs = _builtin_outputs([original, rewritten], x[:1])
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+@tensorflow_only
+def test_quantization_of_densified_weights_is_stored_once(trained, tmp_path):
+    """Each weight `DENSIFY` expands loses its copy of the expanded tensor's
+    per-channel scales and zero points (12 bytes a channel); the outputs
+    stay bit-identical."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model, x, _ = trained
+    original = _converted_full_int8(model, x, str(tmp_path / "saved"))
+    once = tflite_rewrite.quantization_stored_once(original)
+
+    def densified(content):
+        tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+        graph = tflite.subgraphs[0]
+        ops = [op for op in graph.operators if tflite_rewrite._opcode(tflite, op) == schema.BuiltinOperator.DENSIFY]
+        return [(graph.tensors[op.inputs[0]].quantization, graph.tensors[op.outputs[0]].quantization) for op in ops]
+
+    before, after = densified(original), densified(once)
+    assert len(before) == len(after) == 4
+    channels = sum(len(weight.scale) for weight, _ in before)
+    assert all(weight is None and len(expanded.scale) > 0 for weight, expanded in after)
+    assert len(original) - len(once) >= 12 * channels
+    outputs = _builtin_outputs([original, once], x[:1])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert tflite_rewrite.quantization_stored_once(once) is once  # nothing left to drop
 
 
 def test_onnx_matches_keras_and_keeps_the_zeros(trained, tmp_path):
