@@ -22,6 +22,10 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["nojit", "jit"])
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_exact_budget_after_every_step(data, optimizer, jit_compile):
+    if jit_compile and keras.backend.backend() == "torch" and optimizer != "adam":
+        # torch.compile takes 40-100 s a model here; the masking in the step
+        # is the same for every optimizer (Adam's is compiled).
+        pytest.skip("torch.compile is checked with Adam")
     x, y = data
     model = compile_model(small_cnn(), OPTIMIZERS[optimizer](), jit_compile)
     history = []
