@@ -6,7 +6,8 @@ Masks the kernels exactly as sparse training starts (`SparseOptimizer`,
 ERK densities), exports with `keras_dstee.export_tflite` and prints the
 sparse and dense `.tflite` sizes (raw and gzipped), float32 and full-integer
 int8 (calibrated on 100 random inputs: the size does not depend on them),
-and where the full-int8 file's bytes go. Writes
+also with a scale per weight (`per_channel=False`), and where the
+full-int8 file's bytes go. Writes
 `benchmarks/results/export_size.json`.
 """
 
@@ -67,6 +68,10 @@ def main():
                 model, os.path.join(folder, "m8.tflite"), quantize="int8", representative_data=calibration
             )
             int8_parts = bytes_by_part(os.path.join(folder, "m8.tflite"))
+            per_tensor = keras_dstee.export_tflite(
+                model, os.path.join(folder, "m8t.tflite"), quantize="int8", representative_data=calibration,
+                per_channel=False,
+            )
         row = {
             "sparsity": sparsity,
             "kernel_sparsity": report["total"]["sparsity"],
@@ -80,21 +85,23 @@ def main():
             "int8_dense_bytes": int8["dense_bytes"],
             "int8_stored_dense": len(int8["int8_stored_dense"]),
             "int8_bytes_by_part": int8_parts,
+            "int8_per_tensor_bytes": per_tensor["bytes"],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
     with open(os.path.join(RESULTS, "export_size.json"), "w") as f:
         json.dump({"backend": keras.backend.backend(), "model": "resnet50_cifar", "rows": rows}, f, indent=1)
     print("| sparsity (ERK) | sparse .tflite | dense .tflite | sparse / dense | gzip sparse | gzip dense "
-          "| full int8 sparse (% of dense float32) | gzip | full int8 dense |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| full int8 sparse (% of dense float32) | gzip | full int8 dense | full int8 sparse, a scale per weight |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
         print(f"| {r['sparsity']} | {mb(r['sparse_bytes'])} | {mb(r['dense_bytes'])} | {100 * r['ratio']:.1f}% "
               f"| {mb(r['sparse_gzip_bytes'])} | {mb(r['dense_gzip_bytes'])} "
               f"| {mb(r['int8_bytes'])} ({100 * r['int8_bytes'] / r['dense_bytes']:.1f}%) "
               f"| {mb(r['int8_gzip_bytes'])} ({100 * r['int8_gzip_bytes'] / r['dense_bytes']:.1f}%) "
-              f"| {mb(r['int8_dense_bytes'])} |")
+              f"| {mb(r['int8_dense_bytes'])} "
+              f"| {mb(r['int8_per_tensor_bytes'])} ({100 * r['int8_per_tensor_bytes'] / r['dense_bytes']:.1f}%) |")
     print("\nWhere the full-int8 sparse file's bytes go:\n")
     print("| sparsity | " + " | ".join(rows[0]["int8_bytes_by_part"]) + " |")
     print("|---" * (len(rows[0]["int8_bytes_by_part"]) + 1) + "|")

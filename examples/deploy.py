@@ -7,7 +7,8 @@ From a `.keras` file written by a CIFAR example (or, with `--smoke`, a small
 CNN trained here for a few steps with half its channels removed), writes a
 SavedModel; TFLite files in float32 (sparse storage), dynamic-range int8 and
 full-integer int8 (calibrated on 300 training images), each also slimmed
-(removed channels cut out) when the model has removed channels; the dense
+(removed channels cut out) when the model has removed channels; full int8
+with a scale per weight instead of per channel (smaller); the dense
 float32 TFLite file they are compared with; and ONNX when
 `keras-dstee[onnx]` is installed. Then one row per artifact: file size and
 gzip size, test accuracy of the file itself (TFLite files through the
@@ -118,6 +119,10 @@ def export_all(model, out, calibration):
     slimmed = slimmed_or_none(model)  # slimmed once, exported three ways
     if slimmed is not None:
         tflite += [(f"{name}, slimmed", f"{file}_slim", slimmed, options) for name, file, _, options in tflite[1:]]
+    # Smaller still: one weight scale per tensor instead of per channel.
+    tflite.append(("TFLite full int8, a scale per weight", "full_int8_per_tensor", model,
+                   {"quantize": "int8", "representative_data": calibration, "optimize_for": "latency",
+                    "per_channel": False}))
     for name, file, source, options in tflite:
         path = os.path.join(out, f"{file}.tflite")
         print(f"Exporting {path} ...", flush=True)

@@ -1,7 +1,7 @@
 """`keras-dstee`: summarise or export a saved `.keras` model.
 
     keras-dstee summary m.keras
-    keras-dstee export m.keras --tflite out.tflite [--int8 [--representative-data x.npy]] [--dense] [--optimize-for latency]
+    keras-dstee export m.keras --tflite out.tflite [--int8 [--representative-data x.npy [--per-tensor]]] [--dense] [--optimize-for latency]
     keras-dstee export m.keras --saved-model out_dir
     keras-dstee export m.keras --onnx out.onnx
     keras-dstee --version
@@ -74,6 +74,10 @@ def main(argv=None):
         "--io-dtype", choices=("float32", "int8"), default="float32",
         help="the full-integer file's input and output type",
     )
+    export.add_argument(
+        "--per-tensor", action="store_true",
+        help="full-integer int8: one scale per weight instead of per output channel (smaller file)",
+    )
     export.add_argument("--dense", action="store_true", help="do not use the sparse tensor format")
     export.add_argument(
         "--optimize-for", choices=("size", "latency"), default="size",
@@ -98,6 +102,8 @@ def main(argv=None):
         parser.error("give --tflite FILE, --saved-model DIR and/or --onnx FILE")
     if args.representative_data and not args.int8:
         parser.error("--representative-data calibrates full-integer int8: add --int8")
+    if args.per_tensor and not args.representative_data:
+        parser.error("--per-tensor applies to full-integer int8: add --int8 --representative-data x.npy")
     if args.representative_data and not os.path.isfile(args.representative_data):
         parser.error(f"no such file: {args.representative_data}")
     for path in (args.tflite, args.saved_model, args.onnx):
@@ -124,6 +130,7 @@ def main(argv=None):
                 optimize_for=args.optimize_for,
                 representative_data=_samples(args.representative_data),
                 io_dtype=args.io_dtype,
+                per_channel=not args.per_tensor,
             )
         )
     if args.json:
@@ -132,7 +139,8 @@ def main(argv=None):
         kb = lambda n: f"{n / 1024:,.1f} KB"  # noqa: E731
         print(f"wrote {report['path']}: {kb(report['bytes'])} ({kb(report['gzip_bytes'])} gzipped)")
         print(f"dense export:  {kb(report['dense_bytes'])} ({kb(report['dense_gzip_bytes'])} gzipped)")
-        print(f"quantization: {report['quantization']}")
+        scales = {True: ", a scale per output channel", False: ", a scale per weight"}.get(report.get("per_channel"), "")
+        print(f"quantization: {report['quantization']}{scales}")
         for row in report.get("layers", []):
             print(f"{row['path']}: {row['op']}, {row['storage']} ({row['reason']})")
     if "saved_model" in report and not args.json:

@@ -70,6 +70,7 @@ def export_tflite(
     slim=False,
     representative_data=None,
     io_dtype="float32",
+    per_channel=True,
 ):
     """Exports `model` to a TFLite file, storing sparse kernels compactly.
 
@@ -114,12 +115,19 @@ def export_tflite(
             its output itself) or `"int8"` (the caller passes int8 inputs
             and reads int8 outputs, with the scales in the file's input and
             output details); `"int8"` needs full-integer quantization.
+        per_channel: full-integer int8 weights get one scale per output
+            channel (`True`, TFLite's default) or one per weight (`False`).
+            Per channel, every output channel stores a float32 scale and
+            an int64 zero point for its weight and for its bias: a third of
+            a 98 %-sparse ResNet-50-CIFAR file (2.02 -> 1.38 MB, measured).
+            One scale per weight is coarser: measure the file's accuracy
+            with `evaluate_tflite`.
 
     Returns:
         A dict: `path`; `bytes` and `gzip_bytes` of the file; `dense_bytes`
         and `dense_gzip_bytes` of the same export without the sparse format;
         `quantization`: `"float32"`, `"dynamic_range_int8"` or
-        `"full_int8"`; `int8_stored_dense`: names of the int8 weights
+        `"full_int8"`; `per_channel` (full int8 only); `int8_stored_dense`: names of the int8 weights
         stored dense for the default interpreter; `op_resolver`: always
         `"default"`.
     """
@@ -140,6 +148,13 @@ def export_tflite(
             "`io_dtype='int8'` needs full-integer quantization: pass `quantize='int8'` and "
             "`representative_data` (a few hundred input samples)."
         )
+    if not isinstance(per_channel, bool):
+        raise ValueError(f"`per_channel` must be True or False. Received: per_channel={per_channel!r}")
+    if not per_channel and representative_data is None:
+        raise ValueError(
+            "`per_channel=False` applies to full-integer int8: pass `quantize='int8'` and "
+            "`representative_data` (a few hundred input samples)."
+        )
     check_output_path(path)
     samples = None
     if representative_data is not None:
@@ -150,9 +165,10 @@ def export_tflite(
         flags = ["--tflite", path] + (["--dense"] if not sparse else [])
         flags += ["--int8"] if quantize == "int8" else []
         flags += ["--optimize-for", optimize_for, "--io-dtype", io_dtype]
+        flags += [] if per_channel else ["--per-tensor"]
         report = run_in_tensorflow(model, flags, samples)
     else:
-        report = _export_tflite_here(model, path, sparse, quantize, optimize_for, samples, io_dtype)
+        report = _export_tflite_here(model, path, sparse, quantize, optimize_for, samples, io_dtype, per_channel)
     if optimize_for == "latency" and report["accelerated"] == 0:
         reasons = sorted({f"{row['storage']}: {row['reason']}" for row in report["layers"]})
         warnings.warn(
@@ -163,12 +179,14 @@ def export_tflite(
     return report
 
 
-def _export_tflite_here(model, path, sparse, quantize, optimize_for, samples=None, io_dtype="float32"):
+def _export_tflite_here(
+    model, path, sparse, quantize, optimize_for, samples=None, io_dtype="float32", per_channel=True
+):
     """`export_tflite` on the TensorFlow backend."""
     with tempfile.TemporaryDirectory() as folder:
         saved = os.path.join(folder, "saved_model")
         model.export(saved, format="tf_saved_model", verbose=False)
-        settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype}
+        settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype, "per_channel": per_channel}
         flat = _runnable(_convert(saved, sparse=False, **settings))[0]
         data, rewritten = _runnable(_convert(saved, sparse=True, **settings)) if sparse else (flat, [])
     kept_dense = []
@@ -188,6 +206,7 @@ def _export_tflite_here(model, path, sparse, quantize, optimize_for, samples=Non
         "dense_bytes": len(flat),
         "dense_gzip_bytes": len(gzip.compress(flat)),
         "quantization": quantization,
+        **({"per_channel": per_channel} if samples is not None else {}),
         "int8_stored_dense": rewritten,
         "op_resolver": "default",
     }
@@ -229,7 +248,7 @@ def _check_default_interpreter(data):
         )
 
 
-def _convert(saved_model, sparse, quantize, samples=None, io_dtype="float32"):
+def _convert(saved_model, sparse, quantize, samples=None, io_dtype="float32", per_channel=True):
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -243,6 +262,8 @@ def _convert(saved_model, sparse, quantize, samples=None, io_dtype="float32"):
         # Full integer: every op int8, activation ranges from the samples.
         converter.representative_dataset = calibration.representative_dataset(samples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # TFLite's converter has no public switch for it.
+        converter._experimental_disable_per_channel = not per_channel
         if io_dtype == "int8":
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8

@@ -46,13 +46,17 @@ def _accuracy(model, x, y):
     return float(np.mean(to_numpy(model(x)).argmax(-1) == y))
 
 
-def _weight_dtypes(path):
-    """The stored dtype of each conv / fully-connected weight in the file."""
+def _weights(path):
+    """The tensor details of each conv / fully-connected weight in the file."""
     interpreter = tflite_runner.open_interpreter(path, builtin_only=True)
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
-    return [tensors[op["inputs"][1]]["dtype"] for op in ops if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+    return [tensors[op["inputs"][1]] for op in ops if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+
+
+def _weight_dtypes(path):
+    return [weight["dtype"] for weight in _weights(path)]
 
 
 # int8 inputs and calibration batches with labels are handled before the
@@ -73,6 +77,26 @@ def test_full_int8_runs_in_the_default_interpreter_close_to_keras(trained, tmp_p
     assert abs(keras_dstee.evaluate_tflite(path, x, y) - _accuracy(model, x, y)) <= 0.03
     agree = tflite_runner.predict_tflite(path, x).argmax(-1) == to_numpy(model(x)).argmax(-1)
     assert agree.mean() >= 0.95
+
+
+def test_per_tensor_int8_has_one_scale_per_weight(trained, tmp_path):
+    model, x, y = trained
+    path = str(tmp_path / "per_tensor.tflite")
+    report = keras_dstee.export_tflite(model, path, quantize="int8", representative_data=x[:200], per_channel=False)
+    assert report["quantization"] == "full_int8" and report["per_channel"] is False
+    weights = _weights(path)
+    assert len(weights) == 4 and all(len(w["quantization_parameters"]["scales"]) == 1 for w in weights)
+    assert abs(keras_dstee.evaluate_tflite(path, x, y) - _accuracy(model, x, y)) <= 0.05
+    if BACKEND == "tensorflow":
+        per_channel = keras_dstee.export_tflite(
+            model, str(tmp_path / "per_channel.tflite"), quantize="int8", representative_data=x[:200]
+        )
+        assert per_channel["per_channel"] is True
+        channels = [len(w["quantization_parameters"]["scales"]) for w in _weights(per_channel["path"])]
+        assert channels == [w["shape"][0] for w in weights]  # one scale per output channel
+        # A float32 scale and an int64 zero point per extra channel, for
+        # the weight and again for its bias.
+        assert per_channel["bytes"] - report["bytes"] >= 2 * 12 * (sum(channels) - len(channels))
 
 
 @tensorflow_only  # every backend's float export: test_export.py
@@ -256,6 +280,8 @@ def test_refusals_write_nothing(trained, tmp_path, monkeypatch):
         ({"quantize": "int8", "io_dtype": "int8"}, "representative_data"),
         ({"quantize": "int8", "representative_data": x, "io_dtype": "uint8"}, "io_dtype"),
         ({"quantize": "int8", "representative_data": x[..., :1]}, "shape"),
+        ({"quantize": "int8", "per_channel": False}, "representative_data"),
+        ({"quantize": "int8", "representative_data": x, "per_channel": "no"}, "per_channel"),
     ]:
         with pytest.raises(ValueError, match=message):
             keras_dstee.export_tflite(model, str(path), **kwargs)
@@ -282,6 +308,9 @@ def test_cli_full_int8_and_onnx(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", source, "--tflite", out, "--representative-data", str(tmp_path / "x.npy")])
     assert "add --int8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["export", source, "--tflite", out, "--int8", "--per-tensor"])
+    assert "--representative-data" in capsys.readouterr().err
 
 
 @tensorflow_only

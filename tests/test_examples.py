@@ -230,11 +230,13 @@ def test_deploy_example(tmp_path):
     with open(tmp_path / "deploy.json") as f:
         artifacts = {os.path.basename(a["path"]): a for a in json.load(f)["artifacts"]}
     expected = {"model.keras", "saved_model", "dense_float32.tflite", "float32.tflite", "dynamic_int8.tflite", "full_int8.tflite",
-                "float32_slim.tflite", "dynamic_int8_slim.tflite", "full_int8_slim.tflite", "model.onnx"}
+                "float32_slim.tflite", "dynamic_int8_slim.tflite", "full_int8_slim.tflite", "full_int8_per_tensor.tflite",
+                "model.onnx"}
     assert set(artifacts) == expected
     # The float files compute what the Keras model does; slimming keeps it.
     keras_accuracy = artifacts["model.keras"]["accuracy"]
     assert artifacts["float32.tflite"]["accuracy"] == artifacts["float32_slim.tflite"]["accuracy"] == keras_accuracy
     assert artifacts["float32.tflite"]["bytes"] < 0.3 * artifacts["dense_float32.tflite"]["bytes"]
+    assert artifacts["full_int8_per_tensor.tflite"]["bytes"] < artifacts["full_int8.tflite"]["bytes"]
     assert artifacts["float32_slim.tflite"]["latency_ms"] > 0 and (tmp_path / "deploy.png").stat().st_size > 0
     assert "| TFLite full int8 |" in (tmp_path / "deploy.md").read_text()
