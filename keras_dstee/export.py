@@ -232,9 +232,12 @@ def _runnable(data):
 
 
 # Largest difference allowed between the default interpreter's outputs and
-# TFLite's builtin kernels', over the largest output: rounding (XNNPack sums
-# in another order; int8 steps) stays far below it, a misread weight does not.
-DEFAULT_INTERPRETER_TOLERANCE = 0.05
+# TFLite's builtin kernels', over the largest output. Measured: weights
+# misread as dense (dynamic-range (16, 1)-block MLP before the fix) 2.0-10.1;
+# XNNPack's and TFLite's int8 rounding through a trained 98 %-sparse
+# ResNet-50 (quarter width) 0.03-0.15 (full and dynamic-range int8; both
+# within 5 % of Keras on test images); float32 0.
+DEFAULT_INTERPRETER_TOLERANCE = 0.5
 
 
 def _check_default_interpreter(data):
