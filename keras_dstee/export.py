@@ -127,9 +127,9 @@ def export_tflite(
         A dict: `path`; `bytes` and `gzip_bytes` of the file; `dense_bytes`
         and `dense_gzip_bytes` of the same export without the sparse format;
         `quantization`: `"float32"`, `"dynamic_range_int8"` or
-        `"full_int8"`; `per_channel` (full int8 only); `int8_stored_dense`: names of the int8 weights
-        stored dense for the default interpreter; `op_resolver`: always
-        `"default"`.
+        `"full_int8"`; `per_channel` (full int8 only); `int8_stored_dense`:
+        names of the int8 weights stored dense for the default interpreter;
+        `op_resolver`: always `"default"`.
     """
     if quantize not in QUANTIZE:
         raise ValueError(f"`quantize` must be one of {QUANTIZE}. Received: quantize={quantize!r}")

@@ -101,6 +101,7 @@ def quantization_stored_once(tflite_bytes):
 def _same_quantization(a, b):
     if b is None:
         return False
+
     def values(q, field):
         return np.asarray([] if getattr(q, field) is None else getattr(q, field))
 
