@@ -5,8 +5,9 @@ TFLite stores a sparse weight that has no sparse kernel compressed, with a
 the default XNNPack delegate does that expansion itself; for int8 weights
 (dynamic-range and full-integer files) it can fail to prepare ("failed to
 delegate CONV_2D ... TfLiteXNNPackDelegate failed to prepare": small CNNs
-and MLPs, not ResNet-50; TF 2.21 / ai-edge-litert 2.3). `export` calls
-this only for a file that fails. Those weights are stored dense here,
+and MLPs; a ResNet-50's unstructured classifier, not its convs; TF 2.21 /
+ai-edge-litert 2.3). `export` calls this only for a file that fails, for
+the weights of the node that failed. Those weights are stored dense here,
 with the values TFLite's own `DENSIFY` computes, and the `DENSIFY` ops
 removed. int8 weights on TFLite's sparse FullyConnected kernel (no
 `DENSIFY`) keep their sparse storage; their op gets the sparse-weight op
@@ -35,9 +36,11 @@ def _opcode(model, op):
     return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
-def densify_int8_weights(tflite_bytes):
-    """Stores every int8 weight that a `DENSIFY` op expands as a dense
-    constant instead, and drops those ops.
+def densify_int8_weights(tflite_bytes, node=None):
+    """Stores int8 weights that a `DENSIFY` op expands as dense constants
+    instead, and drops those ops: every such weight, or with `node` (an
+    operator index, as the interpreter's errors number them) those that
+    operator reads.
 
     Returns:
         `(tflite_bytes, names)`: the rewritten file (the input unchanged if
@@ -48,9 +51,13 @@ def densify_int8_weights(tflite_bytes):
     int8 = (schema.TensorType.INT8, schema.TensorType.UINT8)
     targets = []
     graph = model.subgraphs[0]  # Keras exports one graph
+    read = None
+    if node is not None and 0 <= node < len(graph.operators):
+        read = {int(i) for i in graph.operators[node].inputs}
     for op in graph.operators:
         if _opcode(model, op) == schema.BuiltinOperator.DENSIFY and graph.tensors[op.inputs[0]].type in int8:
-            targets.append(op)
+            if read is None or int(op.outputs[0]) in read:
+                targets.append(op)
     if not targets:
         return tflite_bytes, []
     dense = tflite_runner.tensor_values(tflite_bytes, [int(op.outputs[0]) for op in targets])

@@ -223,8 +223,17 @@ def test_rewrite_for_the_default_interpreter_is_exact(trained, tmp_path):
     assert "XNNPack" in tflite_runner.default_interpreter_error(original)
     rewritten, names = tflite_rewrite.densify_int8_weights(original)
     assert len(names) == 4 and tflite_runner.default_interpreter_error(rewritten) is None
-    outputs = _builtin_outputs([original, rewritten], x[:1])
+    # Only the weights of the node the interpreter names.
+    interpreter = tflite_runner.open_interpreter(original, builtin_only=True)
+    ops = interpreter._get_ops_details()
+    densified = {op["outputs"][0] for op in ops if op["op_name"] == "DENSIFY"}
+    node = next(op["index"] for op in ops if set(op["inputs"]) & densified)
+    one, named = tflite_rewrite.densify_int8_weights(original, node)
+    assert len(named) == 1 and named[0] in names
+    assert sum(op["op_name"] == "DENSIFY" for op in tflite_runner.open_interpreter(one)._get_ops_details()) == 3
+    outputs = _builtin_outputs([original, rewritten, one], x[:1])
     np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], outputs[2])
 
 
 @tensorflow_only
