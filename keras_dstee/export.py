@@ -189,7 +189,11 @@ def _export_tflite_here(
         model.export(saved, format="tf_saved_model", verbose=False)
         settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype, "per_channel": per_channel}
         flat = _runnable(_convert(saved, sparse=False, **settings))[0]
-        data, rewritten = _runnable(_convert(saved, sparse=True, **settings)) if sparse else (flat, [])
+        data, rewritten = flat, []
+        if sparse:
+            data, rewritten = _runnable(_convert(saved, sparse=True, **settings))
+            # Only a sparse file has `DENSIFY`-expanded weights.
+            data = tflite_rewrite.quantization_stored_once(data)
     kept_dense = []
     if optimize_for == "latency":
         data, kept_dense = tflite_rewrite.dense_where_sparse_is_slower(data, flat)
@@ -238,7 +242,7 @@ def _runnable(data):
         error = tflite_runner.default_interpreter_error(data)
     if error is not None:
         raise RuntimeError(f"The converted TFLite file does not run in the default interpreter: {error}")
-    return tflite_rewrite.quantization_stored_once(data), rewritten
+    return data, rewritten
 
 
 # Largest difference allowed between the default interpreter's outputs and

@@ -54,10 +54,9 @@ def densify_int8_weights(tflite_bytes, node=None):
     read = None
     if node is not None and 0 <= node < len(graph.operators):
         read = {int(i) for i in graph.operators[node].inputs}
-    for op in graph.operators:
-        if _opcode(model, op) == schema.BuiltinOperator.DENSIFY and graph.tensors[op.inputs[0]].type in int8:
-            if read is None or int(op.outputs[0]) in read:
-                targets.append(op)
+    for op in _ops(model, graph, schema.BuiltinOperator.DENSIFY):
+        if graph.tensors[op.inputs[0]].type in int8 and (read is None or int(op.outputs[0]) in read):
+            targets.append(op)
     if not targets:
         return tflite_bytes, []
     dense = tflite_runner.tensor_values(tflite_bytes, [int(op.outputs[0]) for op in targets])
@@ -93,9 +92,7 @@ def quantization_stored_once(tflite_bytes):
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     graph = model.subgraphs[0]
     dropped = 0
-    for op in graph.operators:
-        if _opcode(model, op) != schema.BuiltinOperator.DENSIFY:
-            continue
+    for op in _ops(model, graph, schema.BuiltinOperator.DENSIFY):
         weight, expanded = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
         if weight.quantization is not None and _same_quantization(weight.quantization, expanded.quantization):
             weight.quantization = None
@@ -137,7 +134,7 @@ def sparse_weights_to_the_sparse_kernel(tflite_bytes):
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     graph = model.subgraphs[0]
     versioned = {}  # opcode index -> the same opcode at the sparse version
-    for op in _fully_connected(model, graph, schema):
+    for op in _ops(model, graph, schema.BuiltinOperator.FULLY_CONNECTED):
         code = model.operatorCodes[op.opcodeIndex]
         if graph.tensors[op.inputs[1]].sparsity is None or code.version == SPARSE_FULLY_CONNECTED_VERSION:
             continue
@@ -181,8 +178,9 @@ def _drop_unused_tensors(model, index, graph):
             t.tensorIndex = new[t.tensorIndex]
 
 
-def _fully_connected(model, graph, schema):
-    return [op for op in graph.operators if _opcode(model, op) == schema.BuiltinOperator.FULLY_CONNECTED]
+def _ops(model, graph, builtin_code):
+    """The graph's operators of one builtin kind, in graph order."""
+    return [op for op in graph.operators if _opcode(model, op) == builtin_code]
 
 
 def dense_where_sparse_is_slower(tflite_bytes, dense_bytes):
@@ -202,7 +200,8 @@ def dense_where_sparse_is_slower(tflite_bytes, dense_bytes):
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     dense = flatbuffer_utils.convert_bytearray_to_object(bytearray(dense_bytes))
     graph, dense_graph = model.subgraphs[0], dense.subgraphs[0]
-    ops, dense_ops = _fully_connected(model, graph, schema), _fully_connected(dense, dense_graph, schema)
+    fully_connected = schema.BuiltinOperator.FULLY_CONNECTED
+    ops, dense_ops = _ops(model, graph, fully_connected), _ops(dense, dense_graph, fully_connected)
     if len(ops) != len(dense_ops):
         return tflite_bytes, []
     sparse = [(op, dense_op) for op, dense_op in zip(ops, dense_ops) if graph.tensors[op.inputs[1]].sparsity is not None]

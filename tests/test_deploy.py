@@ -251,7 +251,7 @@ def test_quantization_of_densified_weights_is_stored_once(trained, tmp_path):
     def densified(content):
         tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
         graph = tflite.subgraphs[0]
-        ops = [op for op in graph.operators if tflite_rewrite._opcode(tflite, op) == schema.BuiltinOperator.DENSIFY]
+        ops = tflite_rewrite._ops(tflite, graph, schema.BuiltinOperator.DENSIFY)
         return [(graph.tensors[op.inputs[0]].quantization, graph.tensors[op.outputs[0]].quantization) for op in ops]
 
     before, after = densified(original), densified(once)
