@@ -25,12 +25,13 @@ import keras_dstee
 def bytes_by_part(path):
     """Where a `.tflite` file's bytes go: sparse weight values, their index
     arrays, other constants (biases), quantization parameters (float32
-    scales, int64 zero points), the rest (graph, names, shapes)."""
+    scales, int64 zero points; each distinct one once), the rest (graph, names, shapes)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model(path)
     parts = dict.fromkeys(["sparse values", "sparse indices", "sparse segments", "other constants", "quantization"], 0)
     counted = set()  # tensors may share a buffer
+    vectors = set()
     for tensor in model.subgraphs[0].tensors:
         data = model.buffers[tensor.buffer].data
         stored = 0 if data is None or tensor.buffer in counted else len(data)
@@ -45,7 +46,9 @@ def bytes_by_part(path):
             parts["other constants"] += stored
         q = tensor.quantization
         if q is not None and q.scale is not None:
-            parts["quantization"] += 4 * len(q.scale) + 8 * len(q.zeroPoint)
+            vectors |= {("scale", q.scale.tobytes()), ("zero point", q.zeroPoint.tobytes())}
+    # `export_tflite` stores each distinct quantization vector once.
+    parts["quantization"] = sum(len(stored) for _, stored in vectors)
     parts["graph and names"] = os.path.getsize(path) - sum(parts.values())
     return parts
 

@@ -189,11 +189,13 @@ def _export_tflite_here(
         model.export(saved, format="tf_saved_model", verbose=False)
         settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype, "per_channel": per_channel}
         flat = _runnable(_convert(saved, sparse=False, **settings))[0]
+        if quantize is not None:
+            flat = tflite_rewrite.quantization_stored_once(flat)
         data, rewritten = flat, []
         if sparse:
             data, rewritten = _runnable(_convert(saved, sparse=True, **settings))
-            # Only a sparse file has `DENSIFY`-expanded weights.
-            data = tflite_rewrite.quantization_stored_once(data)
+            if quantize is not None:
+                data = tflite_rewrite.quantization_stored_once(data)
     kept_dense = []
     if optimize_for == "latency":
         data, kept_dense = tflite_rewrite.dense_where_sparse_is_slower(data, flat)

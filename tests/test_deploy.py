@@ -94,9 +94,9 @@ def test_per_tensor_int8_has_one_scale_per_weight(trained, tmp_path):
         assert per_channel["per_channel"] is True
         channels = [len(w["quantization_parameters"]["scales"]) for w in _weights(per_channel["path"])]
         assert channels == [w["shape"][0] for w in weights]  # one scale per output channel
-        # A float32 scale and an int64 zero point per extra channel, for
-        # the weight and again for its bias.
-        assert per_channel["bytes"] - report["bytes"] >= 2 * 12 * (sum(channels) - len(channels))
+        # A float32 scale per extra channel, for the weight and again for
+        # its bias (zero points, all 0, are stored once per length).
+        assert per_channel["bytes"] - report["bytes"] >= 2 * 4 * (sum(channels) - len(channels))
 
 
 @tensorflow_only  # every backend's float export: test_export.py
@@ -236,11 +236,24 @@ def test_rewrite_for_the_default_interpreter_is_exact(trained, tmp_path):
     np.testing.assert_array_equal(outputs[0], outputs[2])
 
 
+def _zero_point_vectors(content):
+    """Per tensor with zero points: (where the vector is stored, its values)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAs(bytearray(content), 0).Subgraphs(0)
+    vectors = []
+    for i in range(graph.TensorsLength()):
+        q = graph.Tensors(i).Quantization()
+        if q is not None and q.ZeroPointLength():
+            vectors.append((q._tab.Vector(q._tab.Offset(10)), q.ZeroPointAsNumpy().tobytes()))
+    return vectors
+
+
 @tensorflow_only
-def test_quantization_of_densified_weights_is_stored_once(trained, tmp_path):
+def test_quantization_is_stored_once(trained, tmp_path):
     """Each weight `DENSIFY` expands loses its copy of the expanded tensor's
-    per-channel scales and zero points (12 bytes a channel); the outputs
-    stay bit-identical."""
+    per-channel scales and zero points (12 bytes a channel), equal zero
+    point vectors are stored once, and the outputs stay bit-identical."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -258,7 +271,12 @@ def test_quantization_of_densified_weights_is_stored_once(trained, tmp_path):
     assert len(before) == len(after) == 4
     channels = sum(len(weight.scale) for weight, _ in before)
     assert all(weight is None and len(expanded.scale) > 0 for weight, expanded in after)
-    assert len(original) - len(once) >= 12 * channels
+    # The converter stores every zero-point vector apart; here each distinct one once.
+    stored, shared = _zero_point_vectors(original), _zero_point_vectors(once)
+    assert len({where for where, _ in stored}) == len(stored)
+    assert len({where for where, _ in shared}) == len({values for _, values in shared}) < len(shared)
+    repeated = sum(len(values) for _, values in shared) - sum(len(values) for values in {values for _, values in shared})
+    assert len(original) - len(once) >= 12 * channels + repeated
     outputs = _builtin_outputs([original, once], x[:1])
     np.testing.assert_array_equal(outputs[0], outputs[1])
     assert tflite_rewrite.quantization_stored_once(once) is once  # nothing left to drop
