@@ -14,6 +14,7 @@ from test_channels import resnet_style
 from test_channels import vgg_style
 
 import keras_dstee
+from keras_dstee import slimming
 
 STYLES = {
     "vgg": (vgg_style, (8, 8, 3)),
@@ -83,6 +84,35 @@ def test_slim_removes_channels_nothing_reads():
     slimmed = keras_dstee.slim(model)
     assert slimmed.get_layer("conv1").filters == 3 and slimmed.get_layer("conv2").kernel.shape[-2] == 3
     np.testing.assert_allclose(to_numpy(slimmed(x, training=False)), to_numpy(model(x, training=False)), atol=1e-5)
+
+
+def test_slim_keeps_a_block_sparse_kernel_block_sparse():
+    """Units of a layer whose reader has (16, 1) blocks go only a whole
+    aligned block at a time: a silent unit inside a live block stays, so the
+    reader keeps its blocks (TFLite's int8 sparse kernel needs them)."""
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64, name="hidden"), keras.layers.Dense(32, name="reader")])
+    blocks = rng.random((4, 32)) < 0.5
+    blocks[0] = False  # units 0-15: nothing reads them
+    reader = np.repeat(blocks, 16, axis=0) * rng.normal(size=(64, 32))
+    model.get_layer("reader").kernel.assign(reader.astype("float32"))
+    hidden = to_numpy(model.get_layer("hidden").kernel).copy()
+    hidden[:, [20, 40]] = 0.0  # silent units inside live blocks
+    model.get_layer("hidden").kernel.assign(hidden)
+    model.get_layer("hidden").bias.assign(np.zeros(64, "float32"))
+    group = next(g for g in keras_dstee.channel_groups(model) if g.layers == ["hidden"])
+    assert slimming.block_length(group.consumers[0]) == 16
+    assert slimming.gone_channels(group) == [*range(16), 20, 40]
+    slimmed = keras_dstee.slim(model)
+    assert slimmed.get_layer("hidden").units == 48
+    np.testing.assert_array_equal(to_numpy(slimmed.get_layer("reader").kernel), reader[16:].astype("float32"))
+    x = rng.normal(size=(4, 8)).astype("float32")
+    np.testing.assert_allclose(to_numpy(slimmed(x)), to_numpy(model(x)), atol=1e-5)
+    # Without blocks (the same zeros, reader unstructured), the silent units go too.
+    reader[17, np.flatnonzero(~blocks[1])[0]] = 1.0
+    model.get_layer("reader").kernel.assign(reader.astype("float32"))
+    assert slimming.block_length(group.consumers[0]) == 1
+    assert keras_dstee.slim(model).get_layer("hidden").units == 64 - 16 - 2
 
 
 def test_slim_of_a_sparse_trained_model_computes_the_same():
