@@ -51,21 +51,30 @@ def gone_channels(group):
 # Block lengths looked for along a Dense kernel's channel axis, longest
 # first: TFLite's int8 sparse kernel needs 16, its float one 4.
 BLOCK_LENGTHS = (16, 8, 4, 2)
+# At most this fraction of a block-sparse kernel's nonzero blocks has zeros
+# inside (see `block_length`).
+MOSTLY_WHOLE = 0.5
+# TFLite's converter stores a weight sparse from this fraction of zeros on.
+SPARSE_STORAGE = 0.3
 
 
 def block_length(slice_):
-    """How many consecutive positions along the slice's axis are zero or
-    nonzero together in a 2-D kernel with zeros (a layer trained with
-    `block_size`); 1 if none."""
+    """The length of the aligned blocks along the slice's axis in which a
+    2-D kernel with at least 30 % zeros (a layer trained with `block_size`)
+    keeps its weights; 1 if none. Most nonzero blocks must be whole, not
+    all: a weight grown on a unit that outputs 0 stays exactly 0 (its
+    gradient is 0). Measured: 13-30 % of a trained 98 %-sparse (16, 1)-block
+    MLP's nonzero blocks have zeros inside; unstructured zeros, 95-100 %."""
     if slice_.variable.name != "kernel" or len(slice_.variable.shape) != 2:
         return 1
     nonzero = np.moveaxis(host.to_numpy(slice_.variable) != 0, slice_.axis % 2, 0)
-    if nonzero.all():
-        return 1
+    if nonzero.mean() > 1 - SPARSE_STORAGE or not nonzero.any():
+        return 1  # TFLite stores it dense: no blocks to keep
     for length in BLOCK_LENGTHS:
         if nonzero.shape[0] % length == 0:
             blocks = nonzero.reshape(-1, length, nonzero.shape[1])
-            if (blocks.all(axis=1) | ~blocks.any(axis=1)).all():
+            live, full = blocks.any(axis=1), blocks.all(axis=1)
+            if (live & ~full).sum() <= MOSTLY_WHOLE * live.sum():
                 return length
     return 1
 
