@@ -9,7 +9,8 @@ biases, BatchNormalization statistics and depthwise kernels are sliced, and
 the weights that stay keep their zeros. A block-sparse Dense kernel (trained
 with `block_size`) loses whole aligned blocks of channels only, so it stays
 block-sparse: cutting inside a block would split every block it touches
-(a 98 %-sparse (16, 1)-block MLP's int8 file grew from 141 to 160 KB).
+(a 98 %-sparse (16, 1)-block MLP's int8 file grew from 131 to 161 KB:
+`benchmarks/slim_blocks.py`).
 """
 
 import keras
@@ -115,7 +116,9 @@ def slim(model):
         model: a built Functional or Sequential model, trained sparse or
             not. Channels are removed where `channel_groups` finds them
             removable and they change no output (all their weights 0, or
-            nothing reads them); a layer keeps at least one channel.
+            nothing reads them), a whole aligned block at a time where a
+            block-sparse Dense kernel reads or makes them; a layer keeps at
+            least one channel.
 
     Returns:
         The slimmed model (uncompiled). `model` itself is not changed.
