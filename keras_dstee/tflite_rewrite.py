@@ -34,7 +34,8 @@ def _pack(model):
     distinct float32 or int64 vector stored once: in a TFLite file those
     are quantization scales and zero points only."""
     import flatbuffers
-    from tensorflow.lite.tools import flatbuffer_utils
+
+    _, flatbuffer_utils = _schema()
 
     class OnceBuilder(flatbuffers.Builder):
         def __init__(self, size):

@@ -245,6 +245,7 @@ def _zero_point_vectors(content):
     for i in range(graph.TensorsLength()):
         q = graph.Tensors(i).Quantization()
         if q is not None and q.ZeroPointLength():
+            # 10: the vtable slot of `zero_point` (field 3) in the schema.
             vectors.append((q._tab.Vector(q._tab.Offset(10)), q.ZeroPointAsNumpy().tobytes()))
     return vectors
 
