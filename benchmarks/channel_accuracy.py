@@ -9,6 +9,9 @@ Recipe (`common.train_cifar`): 10k training images, 6 epochs, SGD momentum
 0.9 nesterov, lr 0.05 cosine, weight decay 5e-4, batch 128; masks (and
 channels) updated every 25 steps until 75 % of training. Models: the small
 CNN of `common.py` and VGG-19 at a quarter of its width (`vgg19_quarter`).
+A control tells capacity from the removal itself: the model at half width
+(what channels 0.5 in every layer leaves) trained unstructured from scratch
+with the same number of weights.
 Every run is written to `benchmarks/results/channel_accuracy.json` as it
 finishes (re-running continues); the table pairs each variant with DST-EE
 unstructured of the same model, sparsity and seed.
@@ -16,10 +19,12 @@ unstructured of the same model, sparsity and seed.
 
 import argparse
 import json
+import math
 import os
 import statistics
 
 import keras
+from common import BUILDERS
 from common import RESULTS
 from common import load_cifar10
 from common import spread
@@ -28,8 +33,11 @@ from common import train_cifar
 OUT = os.path.join(RESULTS, "channel_accuracy.json")
 # (method, channel_sparsity, min_channels); the first is the reference of
 # the pairs. min_channels=1.0 keeps the same fraction of every layer (the
-# fast structure of benchmarks/channel_latency.py).
-VARIANTS = [("dstee", 0.0, 0.2), ("dstee", 0.3, 0.2), ("dstee", 0.5, 0.2), ("dstee", 0.5, 1.0), ("rigl", 0.5, 0.2)]
+# fast structure of benchmarks/channel_latency.py). HALF: the control.
+HALF = ("dstee", "half_width", None)
+VARIANTS = [("dstee", 0.0, 0.2), ("dstee", 0.3, 0.2), ("dstee", 0.5, 0.2), ("dstee", 0.5, 1.0), ("rigl", 0.5, 0.2), HALF]
+# Each model at half its width.
+HALF_WIDTH = {"small_cnn": "small_cnn_half", "vgg19_quarter": "vgg19_eighth"}
 
 
 def key(model, sparsity, method, channels, seed, min_channels=0.2):
@@ -39,6 +47,26 @@ def key(model, sparsity, method, channels, seed, min_channels=0.2):
 
 def _variant(run):
     return run["method"], run["channels"], run.get("min_channels", 0.2)
+
+
+def _kernel_weights(name):
+    """How many weights the masks of model `name` cover (its kernels)."""
+    return sum(math.prod(v.shape) for v in BUILDERS[name]().trainable_weights if len(v.shape) > 1)
+
+
+def half_width_sparsity(model, sparsity):
+    """The sparsity at which `model` at half width holds as many weights as
+    `model` at `sparsity`."""
+    return 1.0 - (1.0 - sparsity) * _kernel_weights(model) / _kernel_weights(HALF_WIDTH[model])
+
+
+def train_half_width(model, sparsity, seed, epochs, data):
+    """The control: `model` at half width, unstructured DST-EE from scratch,
+    with the weight budget of `model` at `sparsity`."""
+    half = HALF_WIDTH[model]
+    run = train_cifar("dstee", half_width_sparsity(model, sparsity), seed, epochs, data, update_freq=25, model=half)
+    run.update(model=model, trained_model=half, trained_sparsity=run["sparsity"], sparsity=sparsity)
+    return run
 
 
 def table(runs):
@@ -60,11 +88,13 @@ def table(runs):
             live = [r["live_channels"] for r in group if r.get("live_channels") is not None]
             name = f"{method}" + (f", channels {channels}" if channels else " unstructured")
             name += ", every layer (min_channels=1)" if min_channels == 1.0 else ""
+            if variant == HALF:
+                name = "control: dstee unstructured at half width, same weights"
             paired = ", ".join(f"{d:+.2f}" for d in diffs) if variant != VARIANTS[0] else "-"
             mean = f"{statistics.mean(diffs):+.2f} ({len(diffs)})" if paired != "-" and diffs else "-"
+            live = f"{statistics.mean(live) if live else 1.0:.2f}" if variant != HALF else "(0.50)"
             lines.append(
-                f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} | "
-                f"{statistics.mean(live) if live else 1.0:.2f} |"
+                f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} | {live} |"
             )
     return "\n".join(lines)
 
@@ -86,7 +116,10 @@ def main():
                     if k in runs:
                         continue
                     extra = {"channel_sparsity": channels, "min_channels": min_channels} if channels else {}
-                    run = train_cifar(method, sparsity, seed, args.epochs, data, update_freq=25, model=model, **extra)
+                    if (method, channels, min_channels) == HALF:
+                        run = train_half_width(model, sparsity, seed, args.epochs, data)
+                    else:
+                        run = train_cifar(method, sparsity, seed, args.epochs, data, update_freq=25, model=model, **extra)
                     run.update(channels=channels, min_channels=min_channels, backend=keras.backend.backend())
                     runs[k] = run
                     with open(OUT, "w") as f:

@@ -54,16 +54,16 @@ def load_cifar10(path=CIFAR10, train_size=None, train_offset=0):
     return (x_train, y_train), (x_test, y_test)
 
 
-def small_cnn(num_classes=10):
+def small_cnn(num_classes=10, width=1.0):
     """A 0.29M-parameter VGG-style CNN (6 convs with batch norm) that trains on
-    CIFAR-10 in minutes on a CPU."""
+    CIFAR-10 in minutes on a CPU; `width` multiplies its channel counts."""
     layers = keras.layers
     inputs = keras.Input((32, 32, 3))
     x = layers.RandomFlip("horizontal")(inputs)
     x = layers.RandomTranslation(0.125, 0.125, fill_mode="constant")(x)
-    for width in (32, 64, 128):
+    for channels in (32, 64, 128):
         for _ in range(2):
-            x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            x = layers.Conv2D(round(channels * width), 3, padding="same", use_bias=False)(x)
             x = layers.ReLU()(layers.BatchNormalization()(x))
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
@@ -85,6 +85,10 @@ BUILDERS = {
     "resnet50_cifar": lambda: keras_dstee.models.resnet50_cifar(10),
     # VGG-19 at a quarter of its width: what 2 CPU cores train in minutes.
     "vgg19_quarter": lambda: keras_dstee.models.vgg19_cifar(10, width=0.25),
+    # Half the channels of every conv: what `channel_sparsity=0.5` with
+    # `min_channels=1.0` leaves of the two above.
+    "small_cnn_half": lambda: small_cnn(width=0.5),
+    "vgg19_eighth": lambda: keras_dstee.models.vgg19_cifar(10, width=0.125),
 }
 
 
@@ -98,8 +102,9 @@ def make_callback(method, sparsity, seed, update_freq=100, **kwargs):
 def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, update_freq=100,
                 model="small_cnn", curves=False, **method_args):
     """Trains `model` (a name in `BUILDERS`) once; returns test accuracy,
-    coverage and time; with `curves`, also per-epoch `val_accuracy` (on the
-    first 2,000 test images) and `coverage`."""
+    coverage and time (with `channel_sparsity`, also each layer's live
+    channels); with `curves`, also per-epoch `val_accuracy` (on the first
+    2,000 test images) and `coverage`."""
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(seed)
     name = model
@@ -121,6 +126,11 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
     seconds = time.time() - start
     _, accuracy = model.evaluate(x_test, y_test, batch_size=500, verbose=0)
     stats = callback.optimizer.sparsity_stats() if callback else {"sparsity": 0.0, "coverage": 1.0}
+    live = {}
+    if callback and callback.channel_sparsity:
+        # Where the channels went: each layer's live output channels.
+        kernels = keras_dstee.summary(model, print_fn=lambda line: None, optimizer=callback.optimizer)["kernels"]
+        live = {"live_per_layer": {k["layer"]: [k["live_channels"], k["channels"]] for k in kernels if k["channels"]}}
     return {
         "method": method,
         "sparsity": sparsity if callback else 0.0,
@@ -134,5 +144,6 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
         "update_freq": update_freq,
         "model": name,
         **method_args,
+        **live,
         **({"curves": {k: history.history.get(k) for k in ("val_accuracy", "coverage")}} if curves else {}),
     }

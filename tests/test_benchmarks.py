@@ -1,5 +1,6 @@
-"""The prepared GPU run passes its seconds-long CPU check, and the
-exploration study's table pairs DST-EE with RigL by seed."""
+"""The prepared GPU run passes its seconds-long CPU check, the exploration
+study's table pairs DST-EE with RigL by seed, and the channel study's
+control matches the weight budget."""
 
 import json
 import os
@@ -7,7 +8,10 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
+
+import keras_dstee
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10 = os.path.join(ROOT, "..", "shared", "data", "cifar10.npz")
@@ -59,3 +63,25 @@ def test_paired_differences_are_by_seed():
     # Paired by seed and listed in seed order, whatever order the runs came in.
     assert "| set | 56.00 +- 9.90 (2) | -1.00, +3.00 (+1.00 +- 2.83; 95% CI -24.41 to +26.41; 1/2) |" in table
     assert "| rigl | 55.00 +- 7.07 (2) |  |" in table
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the study runs on tensorflow; its arithmetic is backend-independent")
+@pytest.mark.filterwarnings("ignore:DSTEE plans 0 mask update")
+def test_the_half_width_control_holds_the_same_weights():
+    """The channel study's control trains the half-width model with as many
+    weights as the full one at the study's sparsity."""
+    study = _benchmark_module("channel_accuracy")
+    builders = study.BUILDERS
+    x = np.zeros((8, 32, 32, 3), "float32")
+    y = np.zeros((8,), "int32")
+
+    def active(name, sparsity):
+        model = builders[name]()
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        callback = keras_dstee.DSTEE(sparsity=sparsity, seed=0)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+        return keras_dstee.summary(model, print_fn=lambda line: None)["total"]["active"]
+
+    half = study.half_width_sparsity("small_cnn", 0.9)
+    assert 0.6 < half < 0.7
+    assert abs(active("small_cnn_half", half) - active("small_cnn", 0.9)) <= 2
