@@ -549,7 +549,8 @@ class DSTEE(SparseTraining):
             would leave it (`1 - channel_sparsity`) that it keeps at least.
             1.0 makes every layer lose the same fraction: the speed then
             follows the FLOPs (the global ranking mostly thins the cheap
-            late layers; README, "Channels").
+            late layers), but on a narrow network it can cost accuracy
+            (README, "Channels").
     """
 
     def __init__(self, sparsity=0.9, **kwargs):
