@@ -30,6 +30,8 @@ from common import load_cifar10
 from common import spread
 from common import train_cifar
 
+from keras_dstee.layers import prunable_variables
+
 OUT = os.path.join(RESULTS, "channel_accuracy.json")
 # (method, channel_sparsity, min_channels); the first is the reference of
 # the pairs. min_channels=1.0 keeps the same fraction of every layer (the
@@ -50,8 +52,8 @@ def _variant(run):
 
 
 def _kernel_weights(name):
-    """How many weights the masks of model `name` cover (its kernels)."""
-    return sum(math.prod(v.shape) for v in BUILDERS[name]().trainable_weights if len(v.shape) > 1)
+    """How many weights the masks of model `name` cover."""
+    return sum(math.prod(v.shape) for v in prunable_variables(BUILDERS[name]()))
 
 
 def half_width_sparsity(model, sparsity):
@@ -92,9 +94,9 @@ def table(runs):
                 name = "control: dstee unstructured at half width, same weights"
             paired = ", ".join(f"{d:+.2f}" for d in diffs) if variant != VARIANTS[0] else "-"
             mean = f"{statistics.mean(diffs):+.2f} ({len(diffs)})" if paired != "-" and diffs else "-"
-            live = f"{statistics.mean(live) if live else 1.0:.2f}" if variant != HALF else "(0.50)"
+            alive = f"{statistics.mean(live) if live else 1.0:.2f}" if variant != HALF else "(0.50)"
             lines.append(
-                f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} | {live} |"
+                f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} | {alive} |"
             )
     return "\n".join(lines)
 
