@@ -7,7 +7,8 @@ RigL with channels, on real CIFAR-10, seeds paired.
 
 Recipe (`common.train_cifar`): 10k training images, 6 epochs, SGD momentum
 0.9 nesterov, lr 0.05 cosine, weight decay 5e-4, batch 128; masks (and
-channels) updated every 25 steps until 75 % of training. Models: the small
+channels) updated every 25 steps until 75 % of training; the "channels from
+25 %" variants wait until then (`channel_begin=0.25`) before channels go. Models: the small
 CNN of `common.py` and VGG-19 at a quarter of its width (`vgg19_quarter`).
 A control tells capacity from the removal itself: the model at half width
 (what channels 0.5 in every layer leaves) trained unstructured from scratch
@@ -33,22 +34,26 @@ from common import train_cifar
 from keras_dstee.layers import prunable_variables
 
 OUT = os.path.join(RESULTS, "channel_accuracy.json")
-# (method, channel_sparsity, min_channels); the first is the reference of
-# the pairs. min_channels=1.0 keeps the same fraction of every layer (the
-# fast structure of benchmarks/channel_latency.py). HALF: the control.
-HALF = ("dstee", "half_width", None)
-VARIANTS = [("dstee", 0.0, 0.2), ("dstee", 0.3, 0.2), ("dstee", 0.5, 0.2), ("dstee", 0.5, 1.0), ("rigl", 0.5, 0.2), HALF]
+# (method, channel_sparsity, min_channels, channel_begin); the first is the
+# reference of the pairs. min_channels=1.0 keeps the same fraction of every
+# layer (the fast structure of benchmarks/channel_latency.py). HALF: the control.
+HALF = ("dstee", "half_width", None, None)
+VARIANTS = [
+    ("dstee", 0.0, 0.2, None), ("dstee", 0.3, 0.2, None), ("dstee", 0.5, 0.2, None), ("dstee", 0.5, 1.0, None),
+    ("rigl", 0.5, 0.2, None), HALF, ("dstee", 0.5, 1.0, 0.25), ("dstee", 0.5, 0.2, 0.25),
+]
 # Each model at half its width.
 HALF_WIDTH = {"small_cnn": "small_cnn_half", "vgg19_quarter": "vgg19_eighth"}
 
 
-def key(model, sparsity, method, channels, seed, min_channels=0.2):
+def key(model, sparsity, method, channels, seed, min_channels=0.2, channel_begin=None):
     uniform = "/uniform" if min_channels == 1.0 else ""
-    return f"{model}/{sparsity}/{method}/{channels}{uniform}/{seed}"
+    begin = f"/from{channel_begin}" if channel_begin is not None else ""
+    return f"{model}/{sparsity}/{method}/{channels}{uniform}{begin}/{seed}"
 
 
 def _variant(run):
-    return run["method"], run["channels"], run.get("min_channels", 0.2)
+    return run["method"], run["channels"], run.get("min_channels", 0.2), run.get("channel_begin")
 
 
 def _kernel_weights(name):
@@ -81,7 +86,7 @@ def table(runs):
         same = [r for r in runs.values() if (r["model"], r["sparsity"]) == (model, sparsity)]
         reference = {r["seed"]: r for r in same if _variant(r) == VARIANTS[0]}
         for variant in VARIANTS:
-            method, channels, min_channels = variant
+            method, channels, min_channels, channel_begin = variant
             group = sorted((r for r in same if _variant(r) == variant), key=lambda r: r["seed"])
             if not group:
                 continue
@@ -90,6 +95,7 @@ def table(runs):
             live = [r["live_channels"] for r in group if r.get("live_channels") is not None]
             name = f"{method}" + (f", channels {channels}" if channels else " unstructured")
             name += ", every layer (min_channels=1)" if min_channels == 1.0 else ""
+            name += f", channels from {channel_begin:.0%}" if channel_begin is not None else ""
             if variant == HALF:
                 name = "control: dstee unstructured at half width, same weights"
             paired = ", ".join(f"{d:+.2f}" for d in diffs) if variant != VARIANTS[0] else "-"
@@ -107,22 +113,28 @@ def main():
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.98])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--variants", nargs="+", type=int, default=list(range(len(VARIANTS))),
+                   help="indices into VARIANTS to run (default: all)")
     args = p.parse_args()
     runs = json.load(open(OUT)) if os.path.isfile(OUT) else {}
     data = load_cifar10(train_size=10000)
     for model in args.models:
         for sparsity in args.sparsities:
             for seed in args.seeds:
-                for method, channels, min_channels in VARIANTS:
-                    k = key(model, sparsity, method, channels, seed, min_channels)
+                for variant in [VARIANTS[i] for i in args.variants]:
+                    method, channels, min_channels, channel_begin = variant
+                    k = key(model, sparsity, method, channels, seed, min_channels, channel_begin)
                     if k in runs:
                         continue
                     extra = {"channel_sparsity": channels, "min_channels": min_channels} if channels else {}
-                    if (method, channels, min_channels) == HALF:
+                    if channel_begin is not None:
+                        extra["channel_begin"] = channel_begin
+                    if variant == HALF:
                         run = train_half_width(model, sparsity, seed, args.epochs, data)
                     else:
                         run = train_cifar(method, sparsity, seed, args.epochs, data, update_freq=25, model=model, **extra)
-                    run.update(channels=channels, min_channels=min_channels, backend=keras.backend.backend())
+                    run.update(channels=channels, min_channels=min_channels, channel_begin=channel_begin,
+                               backend=keras.backend.backend())
                     runs[k] = run
                     with open(OUT, "w") as f:
                         json.dump(runs, f, indent=1)

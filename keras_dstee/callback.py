@@ -104,7 +104,7 @@ class SparseTraining(keras.callbacks.Callback):
         sparsity, distribution, update_freq, drop_fraction, begin, end,
         end_step, rescale, seed, exclude, include_embeddings, dense_first,
         dense_last, erk_power_scale, reset_regrown, block_size, initial_mask,
-        channel_sparsity, min_channels: as for `DSTEE`.
+        channel_sparsity, min_channels, channel_begin: as for `DSTEE`.
     """
 
     def __init__(
@@ -129,6 +129,7 @@ class SparseTraining(keras.callbacks.Callback):
         initial_mask="random",
         channel_sparsity=0.0,
         min_channels=0.2,
+        channel_begin=None,
         **method_settings,
     ):
         super().__init__()
@@ -165,6 +166,9 @@ class SparseTraining(keras.callbacks.Callback):
         self.channel_sparsity, self.min_channels = channel_rules.check_settings(channel_sparsity, min_channels)
         if self.channel_sparsity > 0 and self.block_size is not None:
             raise ValueError("`channel_sparsity` and `block_size` can't be combined yet: use one of them.")
+        self.channel_begin = channel_begin
+        if channel_begin is not None:
+            self.channel_begin = channel_rules.check_begin(channel_begin, self.channel_sparsity, self.begin, self.end)
         start = self.method.initial_sparsity
         if start is not None and not isinstance(distribution, dict) and start > self.sparsity:
             raise ValueError(
@@ -306,6 +310,8 @@ class SparseTraining(keras.callbacks.Callback):
             wanted["seed"] = self.seed
         wanted["block_size"] = self.block_size
         wanted["channel_sparsity"] = self.channel_sparsity
+        if self.channel_sparsity > 0:
+            wanted["channel_begin"] = self._channel_begin_in_schedule()
         differ = [
             f"{k}={getattr(existing, k)!r} (asked: {v!r})"
             for k, v in wanted.items()
@@ -356,8 +362,17 @@ class SparseTraining(keras.callbacks.Callback):
             initial_mask=self.initial_mask,
             channel_sparsity=self.channel_sparsity,
             min_channels=self.min_channels,
+            channel_begin=self._channel_begin_in_schedule(),
             channel_groups=self._groups,
         )
+
+    def _channel_begin_in_schedule(self):
+        """`channel_begin` (a fraction of the run, like `begin` and `end`) as
+        the optimizer takes it: a fraction of the mask-update schedule."""
+        if self.channel_begin is None:
+            return 0.0
+        end = 1.0 if self.end_step is not None else self.end
+        return (self.channel_begin - self.begin) / (end - self.begin)
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._schedule_pending:
@@ -376,7 +391,9 @@ class SparseTraining(keras.callbacks.Callback):
         self.optimizer.set_schedule(run_start + begin, run_start + end)
         if self.optimizer._changes_masks:
             total = steps * self.params["epochs"] if steps else None
-            self._warn_if_few_updates(step, run_start, run_start + begin, run_start + end, total)
+            # With `channel_begin`, the updates that count are those removing channels.
+            first = begin + round(self._channel_begin_in_schedule() * (end - begin))
+            self._warn_if_few_updates(step, run_start, run_start + first, run_start + end, total)
 
     def _warn_if_few_updates(self, step, run_start, start, end, total):
         """Warns when this `fit` (from optimizer step `run_start`, now at
@@ -402,8 +419,11 @@ class SparseTraining(keras.callbacks.Callback):
             effect = "the channels go in a few steps instead of gradually"
         else:
             effect = "too few for the masks to explore"
+        what = "mask update(s)"
+        if self.channel_begin is not None:
+            what += f" removing channels (channel_begin={self.channel_begin})"
         warnings.warn(
-            f"{type(self).__name__} plans {count} mask update(s) in this fit "
+            f"{type(self).__name__} plans {count} {what} in this fit "
             f"({'an unknown number of' if total is None else total} optimizer steps; "
             f"update_freq={self.update_freq}; masks fixed after step {end - run_start}, "
             f"{self._end_text()}): {effect}. Use update_freq={freq} or lower, or train "
@@ -551,6 +571,11 @@ class DSTEE(SparseTraining):
             follows the FLOPs (the global ranking mostly thins the cheap
             late layers), but on a narrow network it can cost accuracy
             (README, "Channels").
+        channel_begin: fraction of the run (like `begin` and `end`) before
+            channels start to go, in [begin, end); their cubic schedule then
+            runs from there to `end`, while the masks update from `begin`.
+            None (default): from `begin`. Chase waits about a tenth of the
+            run, until the magnitudes that rank the channels mean something.
     """
 
     def __init__(self, sparsity=0.9, **kwargs):
@@ -633,7 +658,7 @@ class Static(SparseTraining):
     Args:
         sparsity, distribution, rescale, seed, exclude, include_embeddings,
         dense_first, dense_last, block_size, initial_mask, channel_sparsity,
-        min_channels, update_freq, end: as for `DSTEE`.
+        min_channels, channel_begin, update_freq, end: as for `DSTEE`.
     """
 
     def __init__(
@@ -650,6 +675,7 @@ class Static(SparseTraining):
         initial_mask="random",
         channel_sparsity=0.0,
         min_channels=0.2,
+        channel_begin=None,
         update_freq=100,
         end=0.75,
     ):
@@ -667,6 +693,7 @@ class Static(SparseTraining):
             initial_mask=initial_mask,
             channel_sparsity=channel_sparsity,
             min_channels=min_channels,
+            channel_begin=channel_begin,
             update_freq=update_freq,
             end=end,
         )

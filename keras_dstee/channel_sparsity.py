@@ -4,7 +4,8 @@ At mask updates whole channels of the removable groups
 (`keras_dstee.channel_groups`) are removed, ranked globally by their unmasked
 mean magnitude (the L1 norm of the producing kernels' slices over their dense
 size), along a cubic schedule to `channel_sparsity` of the removable channels
-at the schedule's end, never below a floor per group. A removed channel's
+at the schedule's end (starting after a `begin` fraction of it, as Chase
+waits for the ranking to mean something), never below a floor per group. A removed channel's
 fan-in, fan-out, biases and per-channel scales and shifts are masked to
 exactly 0, so it outputs exactly 0 and `keras_dstee.slim` can cut it out; it
 never returns. Channels whose fan-in or fan-out has no active weight left are
@@ -133,6 +134,17 @@ def check_settings(channel_sparsity, min_channels):
     return channel_sparsity, min_channels
 
 
+def check_begin(channel_begin, channel_sparsity, low, high):
+    """`channel_begin`, a number in [low, high), refused where it has no
+    effect (`channel_sparsity=0`); returns it as a float."""
+    if channel_sparsity == 0:
+        raise ValueError(
+            f"`channel_begin={channel_begin!r}` has no effect with channel_sparsity=0: no channel "
+            "is removed. Set `channel_sparsity` (e.g. 0.5), or leave `channel_begin` out."
+        )
+    return arguments.number("channel_begin", channel_begin, low, high, high_open=True)
+
+
 def removable_or_refuse(groups):
     """`groups`, if any is removable; otherwise a ValueError that lists why
     each group is not."""
@@ -192,11 +204,14 @@ class ChannelState:
             leave it (`(1 - channel_sparsity)` of its channels) that stays.
         alive: the optimizer's float variable of `plan.total` 0/1 flags.
         shapes: each trainable variable's shape, by position.
+        begin: fraction of the mask-update schedule before channels go;
+            their cubic schedule then runs over the rest of it.
     """
 
-    def __init__(self, plan, channel_sparsity, min_channels, alive, shapes):
+    def __init__(self, plan, channel_sparsity, min_channels, alive, shapes, begin=0.0):
         self.plan = plan
         self.channel_sparsity = channel_sparsity
+        self.begin = begin
         self.alive = alive
         self.shapes = shapes
         self.by_position = {}
@@ -275,6 +290,8 @@ class ChannelState:
         score = score[:total]
         # The cubic schedule of removed channels.
         progress = updates.progress_at(step, start, end)
+        if self.begin > 0:
+            progress = ops.clip((progress - self.begin) / (1.0 - self.begin), 0.0, 1.0)
         goal = ops.round(self.channel_sparsity * total * (1.0 - (1.0 - progress) ** 3))
         wanted = ops.cast(ops.maximum(goal - (total - ops.sum(alive)), 0.0), "int32")
         eligible = self._eligible(alive, score)

@@ -200,6 +200,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             inside live channels. 0 (default) removes none.
         min_channels: per channel group, the fraction of what the schedule
             would leave it that it keeps at least, in [0, 1].
+        channel_begin: fraction of the mask-update schedule (from its start
+            to `end_step`) that passes before channels go, in [0, 1); their
+            cubic schedule then runs over the rest. 0 (default): from the
+            first mask update.
         channel_groups: with `channel_sparsity`, the model's
             `keras_dstee.channel_groups(model)` (the callbacks pass it).
         name: the optimizer's name.
@@ -221,6 +225,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         initial_mask="random",
         channel_sparsity=0.0,
         min_channels=0.2,
+        channel_begin=0.0,
         channel_groups=None,
         name=None,
         **kwargs,
@@ -273,6 +278,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.seed = int(seed)
         self.block_size = blocks.check_block_size(block_size)
         self.channel_sparsity, self.min_channels = channel_rules.check_settings(channel_sparsity, min_channels)
+        self.channel_begin = 0.0
+        if channel_begin != 0:
+            self.channel_begin = channel_rules.check_begin(channel_begin, self.channel_sparsity, 0, 1)
         self.channel_groups = channel_groups
         if self.channel_sparsity > 0:
             if self.block_size is not None:
@@ -389,7 +397,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             shape=(plan.total,), dtype="float32", initializer="ones", name="channels_alive"
         )
         shapes = [tuple(v.shape) for v in var_list]
-        self.channels = channel_rules.ChannelState(plan, self.channel_sparsity, self.min_channels, alive, shapes)
+        self.channels = channel_rules.ChannelState(
+            plan, self.channel_sparsity, self.min_channels, alive, shapes, begin=self.channel_begin
+        )
         masked_positions = {k.index for k in self.kernels}
         self.channel_variables = {p: var_list[p] for p in self.channels.positions}
         for position, variable in self.channel_variables.items():
@@ -826,6 +836,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return {
             "channel_sparsity": self.channel_sparsity,
             "min_channels": self.min_channels,
+            "channel_begin": self.channel_begin,
             "channel_groups": groups if isinstance(groups, dict) else None,
         }
 

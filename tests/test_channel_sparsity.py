@@ -3,6 +3,8 @@ schedule, at an exact weight budget, with every method; removed channels
 output exactly 0 and `slim` cuts them out; resumes bit for bit; 0 changes
 nothing."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -86,6 +88,43 @@ def test_channels_go_on_schedule_at_an_exact_budget(style, data):
     for group, floor in zip(_removable(model), sparse_optimizer(model).channels.floors):
         assert alive[offset : offset + group.size].sum() >= floor
         offset += group.size
+
+
+def _live_by_masks(model):
+    """Per removable channel, whether its masks still give it fan-in and
+    fan-out (a channel without is dead and leaves at the next update)."""
+    masks = {id(k.variable): to_numpy(k.mask) for k in sparse_optimizer(model).kernels}
+    return np.concatenate([channel_sparsity.live_channels(g, masks) for g in _removable(model)])
+
+
+@pytest.mark.parametrize("channel_begin", [None, 0.5])
+def test_channels_wait_for_channel_begin(channel_begin, data):
+    """The masks update from the first step; channels go only after
+    `channel_begin` of the run (step 12 of 24 here; before it only dead
+    channels leave), then reach their target by `end` (step 18)."""
+    model = compile_model(vgg_style())
+    seen = {}
+
+    def record(m, batch):
+        seen[int(to_numpy(sparse_optimizer(m).step))] = (_alive(m), _live_by_masks(m))
+
+    callback = keras_dstee.DSTEE(sparsity=0.8, channel_sparsity=0.5, update_freq=2, seed=1, channel_begin=channel_begin)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(model, data, [callback, EveryStep(record)])
+    # Steps at which a channel the masks kept alive was removed: the schedule's removals.
+    scheduled = [
+        step for step in range(2, 25) if np.any((seen[step][0] == 0) & (seen[step - 1][0] == 1) & seen[step - 1][1])
+    ]
+    assert scheduled[0] == (2 if channel_begin is None else 14)
+    assert scheduled[-1] <= 18  # the schedule ends at `end`
+    total = sparse_optimizer(model).channel_plan.total
+    assert total - seen[24][0].sum() >= round(0.5 * total)
+    expected = 0.0 if channel_begin is None else pytest.approx(0.5 / 0.75)
+    assert sparse_optimizer(model).get_config()["channel_begin"] == expected
+    # 4 updates from step 12 on: the warning counts those that remove channels.
+    few = [str(w.message) for w in caught if "removing channels (channel_begin=0.5)" in str(w.message)]
+    assert len(few) == (0 if channel_begin is None else 1)
 
 
 def test_removed_channels_output_exactly_zero_and_slim_cuts_them(data):
@@ -189,6 +228,9 @@ def test_dead_channels_count_without_channel_sparsity(data):
         ({"channel_sparsity": "0.5"}, "channel_sparsity"),
         ({"channel_sparsity": 0.3, "min_channels": 2}, "min_channels"),
         ({"channel_sparsity": 0.3, "block_size": (4, 1)}, "block_size"),
+        ({"channel_begin": 0.3}, "channel_begin=0.3. has no effect with channel_sparsity=0"),
+        ({"channel_sparsity": 0.3, "channel_begin": 0.75}, "channel_begin"),
+        ({"channel_sparsity": 0.3, "begin": 0.2, "channel_begin": 0.1}, "channel_begin"),
     ],
 )
 def test_bad_channel_settings_are_refused_at_construction(settings, words):
