@@ -34,6 +34,10 @@ def parser(description, defaults):
         help="fraction of the removable channels removed during training (0.3-0.5: a slimmed model "
         "that runs faster); also writes model_slim.keras and model_slim.tflite",
     )
+    p.add_argument(
+        "--channel-begin", type=float, default=None,
+        help="fraction of training before channels start to go (default: with the first mask update)",
+    )
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (1.0: the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, masks and data order")
     p.add_argument("--data", help=defaults["data_help"])
@@ -167,6 +171,7 @@ def make_callback(args):
         update_freq=args.update_freq,
         block_size=args.block_size,
         channel_sparsity=args.channel_sparsity,
+        channel_begin=args.channel_begin,
     )
 
 
@@ -239,6 +244,7 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
         "devices": args.devices,
         "dtype_policy": args.dtype_policy,
         "channel_sparsity": args.channel_sparsity,
+        "channel_begin": args.channel_begin,
         "live_channels": history.history.get("live_channels", [None])[-1],
         **slimmed,
     }

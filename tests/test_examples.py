@@ -62,14 +62,16 @@ def _run(script, args, out, **env):
     ],
 )
 def test_cifar_example(script, tmp_path):
-    # VGG also removes half its channels and writes the slimmed model.
-    channels = ["--channel-sparsity", "0.5"] if script.startswith("vgg") else []
+    # VGG also removes half its channels (from a tenth of the run on) and
+    # writes the slimmed model.
+    channels = ["--channel-sparsity", "0.5", "--channel-begin", "0.1"] if script.startswith("vgg") else []
     results = _run(script, ["--data", CIFAR10, "--sparsity", "0.9", *channels], tmp_path / "out")
     assert results["backend"] == keras.backend.backend()
     assert results["kernel_sparsity"] == pytest.approx(0.9, abs=0.005)
     assert results["tflite_bytes"] < 0.3 * results["tflite_dense_bytes"]
     if channels:
         # The schedule ends at the run's last mask update: half the channels gone.
+        assert results["channel_begin"] == 0.1
         assert results["live_channels"] <= 0.5
         assert results["slim_params"] < 0.5 * results["params"]
         assert results["slim_tflite_bytes"] < results["tflite_bytes"]
