@@ -100,11 +100,13 @@ def make_callback(method, sparsity, seed, update_freq=100, **kwargs):
 
 
 def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, update_freq=100,
-                model="small_cnn", curves=False, **method_args):
+                model="small_cnn", curves=False, recalibrate=False, **method_args):
     """Trains `model` (a name in `BUILDERS`) once; returns test accuracy,
     coverage and time (with `channel_sparsity`, also each layer's live
     channels); with `curves`, also per-epoch `val_accuracy` (on the first
-    2,000 test images) and `coverage`."""
+    2,000 test images) and `coverage`; with `recalibrate`, the test accuracy
+    after `keras_dstee.recalibrate_batch_norm` on 2,048 training images, and
+    the one before as `test_accuracy_stale_bn`."""
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(seed)
     name = model
@@ -125,6 +127,11 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
     )
     seconds = time.time() - start
     _, accuracy = model.evaluate(x_test, y_test, batch_size=500, verbose=0)
+    before = {}
+    if recalibrate:
+        keras_dstee.recalibrate_batch_norm(model, x_train, batch_size=batch_size)
+        before = {"test_accuracy_stale_bn": float(accuracy), "recalibrated": True}
+        _, accuracy = model.evaluate(x_test, y_test, batch_size=500, verbose=0)
     stats = callback.optimizer.sparsity_stats() if callback else {"sparsity": 0.0, "coverage": 1.0}
     live = {}
     if callback and callback.channel_sparsity:
@@ -145,5 +152,6 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
         "model": name,
         **method_args,
         **live,
+        **before,
         **({"curves": {k: history.history.get(k) for k in ("val_accuracy", "coverage")}} if curves else {}),
     }

@@ -2,6 +2,7 @@
 
 from keras_dstee import methods
 from keras_dstee import models
+from keras_dstee.batch_norm import recalibrate_batch_norm
 from keras_dstee.callback import DSTEE
 from keras_dstee.callback import GMP
 from keras_dstee.callback import SET
@@ -40,6 +41,7 @@ __all__ = [
     "layer_densities",
     "methods",
     "models",
+    "recalibrate_batch_norm",
     "slim",
     "strip",
     "summary",

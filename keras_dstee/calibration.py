@@ -5,6 +5,7 @@ The converter measures each activation's range on a few hundred inputs (its
 `tf.data.Dataset` or a generator, batched or not, alone or with labels; this
 module turns any of them into one array per model input, one sample per row,
 so the samples can also travel to a TensorFlow-backend subprocess as `.npz`.
+`recalibrate_batch_norm` reads its data the same way.
 """
 
 import numpy as np
@@ -20,15 +21,15 @@ def _inputs_of(element):
     return element
 
 
-def _as_list(x, count):
+def _as_list(x, count, argument):
     if isinstance(x, dict):
         raise ValueError(
-            "`representative_data` with dict inputs is not supported: pass the inputs as a list in the model's input order."
+            f"`{argument}` with dict inputs is not supported: pass the inputs as a list in the model's input order."
         )
     if isinstance(x, (list, tuple)):
         return [np.asarray(v) for v in x]
     if count != 1:
-        raise ValueError(f"The model has {count} inputs, but `representative_data` gives one array per element.")
+        raise ValueError(f"The model has {count} inputs, but `{argument}` gives one array per element.")
     return [np.asarray(x)]
 
 
@@ -50,7 +51,7 @@ def load_samples(path):
     return [loaded[f"arr_{i}"] for i in range(len(loaded.files))]
 
 
-def calibration_samples(data, input_shapes, limit=DEFAULT_SAMPLES):
+def calibration_samples(data, input_shapes, limit=DEFAULT_SAMPLES, argument="representative_data"):
     """One array per model input, at most `limit` samples each.
 
     Args:
@@ -61,32 +62,32 @@ def calibration_samples(data, input_shapes, limit=DEFAULT_SAMPLES):
         input_shapes: the model's input shapes, batch axis included (None:
             unknown; one input, every element batched).
         limit: how many samples to keep.
+        argument: the user's name for `data`, for the error messages.
 
     Returns:
         A list of arrays, one per model input, each `(n, *sample_shape)`.
     """
     if input_shapes is None:
-        input_shapes = [(None,) * (np.ndim(_first_array(data)) or 1)]
+        input_shapes = [(None,) * (np.ndim(_first_array(data, argument)) or 1)]
     count = len(input_shapes)
     if isinstance(data, np.ndarray) or (isinstance(data, list) and data and isinstance(data[0], np.ndarray)
                                         and count > 1 and len(data) == count):
-        arrays = _as_list(data, count)
-        return [_check(a[:limit], shape) for a, shape in zip(arrays, input_shapes)]
+        arrays = _as_list(data, count, argument)
+        return [_check(a[:limit], shape, argument) for a, shape in zip(arrays, input_shapes)]
     if hasattr(data, "as_numpy_iterator"):
         data = data.as_numpy_iterator()
-    try:
-        iterator = iter(data)
-    except TypeError:
+    if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
         raise ValueError(
-            "`representative_data` must be a NumPy array, a tf.data.Dataset or a generator of "
+            f"`{argument}` must be a NumPy array, a tf.data.Dataset or a generator of "
             f"inputs. Received: {type(data).__name__}"
-        ) from None
+        )
+    iterator = iter(data)
     parts = [[] for _ in range(count)]
     taken = 0
     for element in iterator:
-        arrays = _as_list(_inputs_of(element), count)
+        arrays = _as_list(_inputs_of(element), count, argument)
         if len(arrays) != count:
-            raise ValueError(f"The model has {count} inputs, but an element of `representative_data` has {len(arrays)}.")
+            raise ValueError(f"The model has {count} inputs, but an element of `{argument}` has {len(arrays)}.")
         # A single sample has one axis fewer than the model's input.
         arrays = [a[None] if a.ndim == len(shape) - 1 else a for a, shape in zip(arrays, input_shapes)]
         for part, a in zip(parts, arrays):
@@ -95,24 +96,24 @@ def calibration_samples(data, input_shapes, limit=DEFAULT_SAMPLES):
         if taken >= limit:
             break
     if taken == 0:
-        raise ValueError("`representative_data` yielded no samples.")
-    return [_check(np.concatenate(part)[:limit], shape) for part, shape in zip(parts, input_shapes)]
+        raise ValueError(f"`{argument}` yielded no samples.")
+    return [_check(np.concatenate(part)[:limit], shape, argument) for part, shape in zip(parts, input_shapes)]
 
 
-def _first_array(data):
+def _first_array(data, argument):
     if isinstance(data, np.ndarray):
         return data
     raise ValueError(
-        "For a subclassed model, pass `representative_data` as a NumPy array of input samples "
+        f"For a subclassed model, pass `{argument}` as a NumPy array of input samples "
         "(its inputs are not known before a call)."
     )
 
 
-def _check(array, shape):
+def _check(array, shape, argument):
     sample = tuple(shape[1:])
     if array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(sample, array.shape[1:])):
         raise ValueError(
-            f"`representative_data` samples have shape {array.shape[1:]}, but the model's input takes {sample}."
+            f"`{argument}` samples have shape {array.shape[1:]}, but the model's input takes {sample}."
         )
     # Integer inputs (token ids) stay integers; images and features are float32.
     return array if np.issubdtype(array.dtype, np.integer) else array.astype("float32")
