@@ -72,6 +72,7 @@ def test_cifar_example(script, tmp_path):
     if channels:
         # The schedule ends at the run's last mask update: half the channels gone.
         assert results["channel_begin"] == 0.1
+        assert 0 <= results["test_accuracy_stale_bn"] <= 1  # before recalibrate_batch_norm
         assert results["live_channels"] <= 0.5
         assert results["slim_params"] < 0.5 * results["params"]
         assert results["slim_tflite_bytes"] < results["tflite_bytes"]
