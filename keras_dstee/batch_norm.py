@@ -16,6 +16,7 @@ import contextlib
 import keras
 import numpy as np
 
+from keras_dstee import arguments
 from keras_dstee import calibration
 
 
@@ -48,12 +49,13 @@ def recalibrate_batch_norm(model, x, batch_size=128, samples=2048):
         Layers with `trainable=False` keep their statistics, as in `fit`.
     """
     layers = _batch_norm_layers(model)
-    batch_size = int(batch_size)
-    if batch_size < 2:
-        raise ValueError(f"`batch_size` must be at least 2 (batch statistics need 2 samples). Received: {batch_size}")
-    shapes = calibration.input_shapes(model)
-    inputs = calibration.calibration_samples(x, shapes, limit=int(samples), argument="x")
+    # Batch statistics need 2 samples.
+    batch_size = arguments.integer("batch_size", batch_size, 2)
+    samples = arguments.integer("samples", samples, 2)
+    inputs = calibration.calibration_samples(x, calibration.input_shapes(model), limit=samples, argument="x")
     count = len(inputs[0])
+    if count < 2:
+        raise ValueError(f"`x` holds {count} sample(s); batch statistics need at least 2.")
     batches = max(1, count // batch_size)
     saved = [(layer, layer.momentum, [np.array(v) for v in _statistics(layer)]) for layer in layers]
     try:

@@ -80,6 +80,8 @@ def test_frozen_layers_keep_their_statistics(data):
         (_model, np.zeros((8, 5, 5, 3), "float32"), {}, r"`x` samples have shape \(5, 5, 3\)"),
         (_model, "images", {}, "`x` must be a NumPy array"),
         (_model, np.zeros((8, 8, 8, 3), "float32"), {"batch_size": 1}, "batch_size"),
+        (_model, np.zeros((8, 8, 8, 3), "float32"), {"samples": 0}, "samples"),
+        (_model, np.zeros((1, 8, 8, 3), "float32"), {}, "holds 1 sample"),
         (lambda: keras.Sequential([keras.Input((8, 8, 3)), L.Flatten(), L.Dense(2)]),
          np.zeros((8, 8, 8, 3), "float32"), {}, "no trainable BatchNormalization"),
     ],
