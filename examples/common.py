@@ -36,7 +36,7 @@ def parser(description, defaults):
     )
     p.add_argument(
         "--channel-begin", type=float, default=None,
-        help="fraction of training before channels start to go (default: with the first mask update)",
+        help="fraction of training before channels start to go (None: from the first mask update)",
     )
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (1.0: the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, masks and data order")
