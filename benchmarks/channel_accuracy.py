@@ -82,9 +82,12 @@ def train_half_width(model, sparsity, seed, epochs, data, recalibrate=False):
 
 
 def table(runs):
+    # Recalibrated runs also show the accuracy with the statistics training left.
+    stale = all("test_accuracy_stale_bn" in r for r in runs.values())
     lines = [
-        "| model | sparsity | variant | test accuracy % (mean +- std) | - DST-EE unstructured, per seed | mean (seeds) | live channels |",
-        "|---|---|---|---|---|---|---|",
+        "| model | sparsity | variant | test accuracy % (mean +- std) | - DST-EE unstructured, per seed | mean (seeds) | live channels |"
+        + (" before recalibrating: mean, paired mean |" if stale else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if stale else ""),
     ]
     combos = sorted({(r["model"], r["sparsity"]) for r in runs.values()})
     for model, sparsity in combos:
@@ -106,8 +109,16 @@ def table(runs):
             paired = ", ".join(f"{d:+.2f}" for d in diffs) if variant != VARIANTS[0] else "-"
             mean = f"{statistics.mean(diffs):+.2f} ({len(diffs)})" if paired != "-" and diffs else "-"
             alive = f"{statistics.mean(live) if live else 1.0:.2f}" if variant != HALF else "(0.50)"
+            before = ""
+            if stale:
+                old = {r["seed"]: 100 * r["test_accuracy_stale_bn"] for r in group}
+                old_diffs = [old[s] - 100 * reference[s]["test_accuracy_stale_bn"] for s in old if s in reference]
+                before = f" {statistics.mean(old.values()):.2f}, " + (
+                    f"{statistics.mean(old_diffs):+.2f} |" if variant != VARIANTS[0] and old_diffs else "- |"
+                )
             lines.append(
                 f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} | {alive} |"
+                + before
             )
     return "\n".join(lines)
 

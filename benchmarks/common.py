@@ -103,10 +103,10 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
                 model="small_cnn", curves=False, recalibrate=False, **method_args):
     """Trains `model` (a name in `BUILDERS`) once; returns test accuracy,
     coverage and time (with `channel_sparsity`, also each layer's live
-    channels); with `curves`, also per-epoch `val_accuracy` (on the first
-    2,000 test images) and `coverage`; with `recalibrate`, the test accuracy
-    after `keras_dstee.recalibrate_batch_norm` on 2,048 training images, and
-    the one before as `test_accuracy_stale_bn`."""
+    channels); with `curves`, also per-epoch training `accuracy`,
+    `val_accuracy` (on the first 2,000 test images) and `coverage`; with
+    `recalibrate`, the test accuracy after `keras_dstee.recalibrate_batch_norm`
+    on 2,048 training images, and the one before as `test_accuracy_stale_bn`."""
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(seed)
     name = model
@@ -153,5 +153,5 @@ def train_cifar(method, sparsity, seed, epochs, data, batch_size=128, lr=0.05, u
         **method_args,
         **live,
         **before,
-        **({"curves": {k: history.history.get(k) for k in ("val_accuracy", "coverage")}} if curves else {}),
+        **({"curves": {k: history.history.get(k) for k in ("accuracy", "val_accuracy", "coverage")}} if curves else {}),
     }
