@@ -569,8 +569,10 @@ class DSTEE(SparseTraining):
             would leave it (`1 - channel_sparsity`) that it keeps at least.
             1.0 makes every layer lose the same fraction: the speed then
             follows the FLOPs (the global ranking mostly thins the cheap
-            late layers), but on a narrow network it can cost accuracy
-            (README, "Channels").
+            late layers). With channels removed, call
+            `keras_dstee.recalibrate_batch_norm(model, x)` after training:
+            the BatchNormalization statistics lag behind (README,
+            "Channels").
         channel_begin: fraction of the run (like `begin` and `end`) before
             channels start to go, in [begin, end); their cubic schedule then
             runs from there to `end`, while the masks update from `begin`.
