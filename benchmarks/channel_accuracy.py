@@ -4,12 +4,14 @@ RigL with channels, on real CIFAR-10, seeds paired.
 
     KERAS_BACKEND=tensorflow python benchmarks/channel_accuracy.py
     KERAS_BACKEND=tensorflow python benchmarks/channel_accuracy.py --models small_cnn --sparsities 0.9
+    KERAS_BACKEND=tensorflow python benchmarks/channel_accuracy.py --variants 0 3 2 5 --recalibrate
 
 Recipe (`common.train_cifar`): 10k training images, 6 epochs, SGD momentum
 0.9 nesterov, lr 0.05 cosine, weight decay 5e-4, batch 128; masks (and
 channels) updated every 25 steps until 75 % of training; the "channels from
-25 %" variants wait until then (`channel_begin=0.25`) before channels go. Models: the small
-CNN of `common.py` and VGG-19 at a quarter of its width (`vgg19_quarter`).
+25 %" variants wait until then (`channel_begin=0.25`) before channels go.
+Models: the small CNN of `common.py` and VGG-19 at a quarter of its width
+(`vgg19_quarter`).
 A control tells capacity from the removal itself: the model at half width
 (what channels 0.5 in every layer leaves) trained unstructured from scratch
 with the same number of weights.
