@@ -5,10 +5,10 @@ At mask updates whole channels of the removable groups
 mean magnitude (the L1 norm of the producing kernels' slices over their dense
 size), along a cubic schedule to `channel_sparsity` of the removable channels
 at the schedule's end (starting after a `begin` fraction of it, as Chase
-waits for the ranking to mean something), never below a floor per group. A removed channel's
-fan-in, fan-out, biases and per-channel scales and shifts are masked to
-exactly 0, so it outputs exactly 0 and `keras_dstee.slim` can cut it out; it
-never returns. Channels whose fan-in or fan-out has no active weight left are
+waits for the ranking to mean something), never below a floor per group. A
+removed channel's fan-in, fan-out, biases and per-channel scales and shifts
+are masked to exactly 0, so it outputs exactly 0 and `keras_dstee.slim` can
+cut it out; it never returns. Channels whose fan-in or fan-out has no active weight left are
 dead and count as removed.
 
 The weight budget stays exact: the weights a kernel loses with its channels
