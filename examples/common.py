@@ -35,6 +35,11 @@ def parser(description, defaults):
         "that runs faster); also writes model_slim.keras and model_slim.tflite",
     )
     p.add_argument(
+        "--min-channels", type=float, default=0.2,
+        help="per layer, the fraction of the channels the schedule would leave it that it keeps at least; "
+        "1.0: every layer loses the same fraction (the fastest slimmed model)",
+    )
+    p.add_argument(
         "--channel-begin", type=float, default=None,
         help="fraction of training before channels start to go (None: from the first mask update)",
     )
@@ -171,6 +176,7 @@ def make_callback(args):
         update_freq=args.update_freq,
         block_size=args.block_size,
         channel_sparsity=args.channel_sparsity,
+        min_channels=args.min_channels,
         channel_begin=args.channel_begin,
     )
 
@@ -252,6 +258,7 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
         "devices": args.devices,
         "dtype_policy": args.dtype_policy,
         "channel_sparsity": args.channel_sparsity,
+        "min_channels": args.min_channels,
         "channel_begin": args.channel_begin,
         "live_channels": history.history.get("live_channels", [None])[-1],
         **recalibrated,

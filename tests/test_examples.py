@@ -62,9 +62,10 @@ def _run(script, args, out, **env):
     ],
 )
 def test_cifar_example(script, tmp_path):
-    # VGG also removes half its channels (from a tenth of the run on) and
-    # writes the slimmed model.
-    channels = ["--channel-sparsity", "0.5", "--channel-begin", "0.1"] if script.startswith("vgg") else []
+    # VGG also removes half of every layer's channels (from a tenth of the
+    # run on) and writes the slimmed model.
+    channels = ["--channel-sparsity", "0.5", "--min-channels", "1", "--channel-begin", "0.1"]
+    channels = channels if script.startswith("vgg") else []
     results = _run(script, ["--data", CIFAR10, "--sparsity", "0.9", *channels], tmp_path / "out")
     assert results["backend"] == keras.backend.backend()
     assert results["kernel_sparsity"] == pytest.approx(0.9, abs=0.005)
@@ -78,6 +79,11 @@ def test_cifar_example(script, tmp_path):
         assert results["slim_tflite_bytes"] < results["tflite_bytes"]
         slimmed = keras.saving.load_model(str(tmp_path / "out" / "model_slim.keras"))
         assert slimmed.count_params() == results["slim_params"]
+        # `--min-channels 1`: every conv lost half its filters, none more.
+        sparse = keras.saving.load_model(str(tmp_path / "out" / "model.keras"))
+        filters = {layer.name: layer.filters for layer in sparse.layers if isinstance(layer, keras.layers.Conv2D)}
+        slim_filters = {layer.name: layer.filters for layer in slimmed.layers if layer.name in filters}
+        assert slim_filters == {name: n // 2 for name, n in filters.items()}
 
 
 @needs_data
