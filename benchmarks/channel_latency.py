@@ -188,7 +188,9 @@ def main():
         for model_name in args.models:
             for variant, *settings in chosen:
                 key = f"{model_name}/{variant}"
-                if key not in results["structure"]:
+                # The files are not kept in git: a fresh checkout remakes them.
+                made = os.path.isfile(os.path.join(FOLDER, file_name(model_name, variant) + ".keras"))
+                if key not in results["structure"] or not made:
                     results["structure"][key] = make_structure(model_name, variant, *settings, data)
                     save()
                     print(key, results["structure"][key], flush=True)
