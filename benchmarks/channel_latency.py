@@ -211,8 +211,8 @@ def main():
                 save()
                 print(key, json.dumps(entry), flush=True)
     elif args.phase == "predict":
-        results["predict_runs"] = args.predict_runs
         backend = keras.backend.backend()
+        results.setdefault("predict_runs", {})[backend] = args.predict_runs
         timings = results["predict"].setdefault(backend, {})
         for model_name in args.models:
             dense = os.path.join(FOLDER, file_name(model_name, "dense") + ".keras")
@@ -228,10 +228,11 @@ def main():
                 timings[key] = entry
                 save()
                 print(backend, key, json.dumps(entry), flush=True)
+    predict_runs = ", ".join(f"{n} ({backend})" for backend, n in results.get("predict_runs", {}).items())
     text = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; TFLite: median of "
         f"{results.get('runs', args.runs)} alternated runs at batch 1, float32; predict: median of "
-        f"{results.get('predict_runs', args.predict_runs)}\n\n"
+        f"{predict_runs or '-'}\n\n"
         + table(results)
     )
     with open(os.path.join(FOLDER, "table.md"), "w") as f:
