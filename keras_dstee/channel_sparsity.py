@@ -23,6 +23,7 @@ the tensor functions of the step.
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 from keras import ops
@@ -127,10 +128,20 @@ def _from_runs(runs):
     return np.concatenate([start + step * np.arange(length) for start, length, step in runs]).astype(int)
 
 
+DEFAULT_MIN_CHANNELS = 0.2
+
+
 def check_settings(channel_sparsity, min_channels):
-    """The two arguments, checked; returns them as floats."""
+    """The two arguments, checked; returns them as floats. A `min_channels`
+    other than the default with no channel to remove warns: it does nothing."""
     channel_sparsity = arguments.number("channel_sparsity", channel_sparsity, 0, 1, high_open=True)
     min_channels = arguments.number("min_channels", min_channels, 0, 1)
+    if channel_sparsity == 0 and min_channels != DEFAULT_MIN_CHANNELS:
+        warnings.warn(
+            f"`min_channels={min_channels:g}` has no effect with channel_sparsity=0: no channel is "
+            "removed. Set `channel_sparsity` (e.g. 0.5), or leave `min_channels` out.",
+            stacklevel=3,
+        )
     return channel_sparsity, min_channels
 
 

@@ -187,7 +187,7 @@ def test_resume_in_the_middle_of_the_channel_schedule_is_bit_for_bit(data, tmp_p
 
 def test_channel_sparsity_zero_changes_nothing(data):
     runs = []
-    for extra in ({}, {"channel_sparsity": 0.0, "min_channels": 0.5}):
+    for extra in ({}, {"channel_sparsity": 0.0, "min_channels": 0.2}):
         model = compile_model(vgg_style())
         _fit(model, data, [keras_dstee.DSTEE(sparsity=0.8, update_freq=2, seed=5, **extra)])
         runs.append(model)
@@ -218,6 +218,16 @@ def test_dead_channels_count_without_channel_sparsity(data):
     conv1_row = next(r for r in report["kernels"] if r["layer"] == "conv1")
     assert (conv1_row["live_channels"], conv1_row["channels"]) == (live1.sum(), 6)
     assert any("Live channels" in line for line in lines)
+
+
+def test_min_channels_without_channel_sparsity_warns():
+    with pytest.warns(UserWarning, match="min_channels=0.5. has no effect with channel_sparsity=0"):
+        callback = keras_dstee.DSTEE(min_channels=0.5)
+    assert callback.channel_sparsity == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keras_dstee.DSTEE(channel_sparsity=0.5, min_channels=0.5)
+        keras_dstee.DSTEE(min_channels=0.2)
 
 
 @pytest.mark.parametrize(
