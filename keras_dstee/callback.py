@@ -569,7 +569,7 @@ class DSTEE(SparseTraining):
             would leave it (`1 - channel_sparsity`) that it keeps at least.
             1.0 makes every layer lose the same fraction: the speed then
             follows the FLOPs (the global ranking mostly thins the cheap
-            late layers). With channels removed, call
+            late layers). Set without `channel_sparsity`, it warns. With channels removed, call
             `keras_dstee.recalibrate_batch_norm(model, x)` after training:
             the BatchNormalization statistics lag behind (README,
             "Channels").
