@@ -19,7 +19,7 @@ layer loses may.
 
 Variants: dense; unstructured 0.9 and 0.98 (TFLite's sparse format: conv
 weights are made dense at load, so no speed-up is expected); channels 0.3 and
-0.5 at 0.9, 0.5 at 0.98, and both uniform at 0.9, slimmed (`export_tflite(..., slim=True)` and
+0.5 at 0.9 and 0.98, and both uniform at 0.9, slimmed (`export_tflite(..., slim=True)` and
 `keras_dstee.slim`).
 
 Latency: float32 TFLite at batch 1, 1 and 2 threads (ai-edge-litert), the
@@ -55,6 +55,7 @@ VARIANTS = [
     ("unstructured @ 0.98", 0.98, 0.0, 0.2),
     ("channels 0.3 @ 0.9", 0.9, 0.3, 0.2),
     ("channels 0.5 @ 0.9", 0.9, 0.5, 0.2),
+    ("channels 0.3 @ 0.98", 0.98, 0.3, 0.2),
     ("channels 0.5 @ 0.98", 0.98, 0.5, 0.2),
     ("channels 0.3 uniform @ 0.9", 0.9, 0.3, 1.0),
     ("channels 0.5 uniform @ 0.9", 0.9, 0.5, 1.0),
