@@ -7,7 +7,12 @@ ERK densities), exports with `keras_dstee.export_tflite` and prints the
 sparse and dense `.tflite` sizes (raw and gzipped), float32 and full-integer
 int8 (calibrated on 100 random inputs: the size does not depend on them),
 also with a scale per weight (`per_channel=False`), and where the
-full-int8 file's bytes go. Writes
+full-int8 file's bytes go. A third row is the slimmed model at 98 % with
+half the channels removed in every layer (`channel_sparsity=0.5,
+min_channels=1`), its structure made by a short run of the real schedule to
+its end on random inputs (16 steps of batch 32, masks and channels updated
+every 2 steps in the first half), exported with `slim=True`; its ratios are
+to its unslimmed model's dense float32 file. Writes
 `benchmarks/results/export_size.json`.
 """
 
@@ -53,53 +58,91 @@ def bytes_by_part(path):
     return parts
 
 
+def masked_at_start(sparsity):
+    """ResNet-50-CIFAR with its kernels masked to ERK as training starts."""
+    keras.utils.set_random_seed(0)
+    model = keras_dstee.models.resnet50_cifar(10)
+    optimizer = keras_dstee.SparseOptimizer(
+        keras.optimizers.SGD(), keras_dstee.layer_densities(model, sparsity), method="static", seed=0
+    )
+    optimizer.build(model.trainable_variables)
+    optimizer.install()
+    return model
+
+
+def with_half_the_channels(sparsity):
+    """ResNet-50-CIFAR after a short run of DST-EE with half the channels of
+    every layer removed (the structure only: random inputs)."""
+    keras.utils.set_random_seed(0)
+    model = keras_dstee.models.resnet50_cifar(10)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=512)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+    # Updates end halfway, so the weights grown at the last one train away
+    # from their initial zeros (a stored file keeps nonzeros only).
+    callback = keras_dstee.DSTEE(
+        sparsity=sparsity, channel_sparsity=0.5, min_channels=1.0, update_freq=2, end=0.5, seed=0
+    )
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[callback])
+    keras_dstee.strip(model)
+    return model
+
+
+def measure(model, sparsity, variant, slim):
+    report = keras_dstee.summary(model, print_fn=lambda line: None)
+    calibration = np.random.default_rng(0).normal(size=(100, 32, 32, 3)).astype("float32")
+    with tempfile.TemporaryDirectory() as folder:
+        sizes = keras_dstee.export_tflite(model, os.path.join(folder, "m.tflite"), slim=slim)
+        # The reference is the unslimmed dense model's file in every row.
+        dense = keras_dstee.export_tflite(model, os.path.join(folder, "d.tflite"), sparse=False)
+        dense_int8 = keras_dstee.export_tflite(
+            model, os.path.join(folder, "d8.tflite"), sparse=False, quantize="int8", representative_data=calibration
+        )
+        int8 = keras_dstee.export_tflite(
+            model, os.path.join(folder, "m8.tflite"), quantize="int8", representative_data=calibration, slim=slim
+        )
+        int8_parts = bytes_by_part(os.path.join(folder, "m8.tflite"))
+        per_tensor = keras_dstee.export_tflite(
+            model, os.path.join(folder, "m8t.tflite"), quantize="int8", representative_data=calibration,
+            per_channel=False, slim=slim,
+        )
+    return {
+        "sparsity": sparsity,
+        "variant": variant,
+        "kernel_sparsity": report["total"]["sparsity"],
+        "kernel_nonzeros": report["total"]["nonzeros"],
+        "sparse_bytes": sizes["bytes"],
+        "dense_bytes": dense["bytes"],
+        "sparse_gzip_bytes": sizes["gzip_bytes"],
+        "dense_gzip_bytes": dense["gzip_bytes"],
+        "ratio": sizes["bytes"] / dense["bytes"],
+        "int8_bytes": int8["bytes"],
+        "int8_gzip_bytes": int8["gzip_bytes"],
+        "int8_dense_bytes": dense_int8["bytes"],
+        "int8_stored_dense": len(int8["int8_stored_dense"]),
+        "int8_bytes_by_part": int8_parts,
+        "int8_per_tensor_bytes": per_tensor["bytes"],
+    }
+
+
 def main():
     rows = []
-    for sparsity in (0.9, 0.98):
-        keras.utils.set_random_seed(0)
-        model = keras_dstee.models.resnet50_cifar(10)
-        optimizer = keras_dstee.SparseOptimizer(
-            keras.optimizers.SGD(), keras_dstee.layer_densities(model, sparsity), method="static", seed=0
-        )
-        optimizer.build(model.trainable_variables)
-        optimizer.install()
-        report = keras_dstee.summary(model, print_fn=lambda line: None)
-        calibration = np.random.default_rng(0).normal(size=(100, 32, 32, 3)).astype("float32")
-        with tempfile.TemporaryDirectory() as folder:
-            sizes = keras_dstee.export_tflite(model, os.path.join(folder, "m.tflite"))
-            int8 = keras_dstee.export_tflite(
-                model, os.path.join(folder, "m8.tflite"), quantize="int8", representative_data=calibration
-            )
-            int8_parts = bytes_by_part(os.path.join(folder, "m8.tflite"))
-            per_tensor = keras_dstee.export_tflite(
-                model, os.path.join(folder, "m8t.tflite"), quantize="int8", representative_data=calibration,
-                per_channel=False,
-            )
-        row = {
-            "sparsity": sparsity,
-            "kernel_sparsity": report["total"]["sparsity"],
-            "sparse_bytes": sizes["bytes"],
-            "dense_bytes": sizes["dense_bytes"],
-            "sparse_gzip_bytes": sizes["gzip_bytes"],
-            "dense_gzip_bytes": sizes["dense_gzip_bytes"],
-            "ratio": sizes["bytes"] / sizes["dense_bytes"],
-            "int8_bytes": int8["bytes"],
-            "int8_gzip_bytes": int8["gzip_bytes"],
-            "int8_dense_bytes": int8["dense_bytes"],
-            "int8_stored_dense": len(int8["int8_stored_dense"]),
-            "int8_bytes_by_part": int8_parts,
-            "int8_per_tensor_bytes": per_tensor["bytes"],
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for sparsity, variant, make, slim in [
+        (0.9, "ERK", masked_at_start, False),
+        (0.98, "ERK", masked_at_start, False),
+        (0.98, "half the channels, slimmed", with_half_the_channels, True),
+    ]:
+        rows.append(measure(make(sparsity), sparsity, variant, slim))
+        print(json.dumps(rows[-1]), flush=True)
     with open(os.path.join(RESULTS, "export_size.json"), "w") as f:
         json.dump({"backend": keras.backend.backend(), "model": "resnet50_cifar", "rows": rows}, f, indent=1)
-    print("| sparsity (ERK) | sparse .tflite | dense .tflite | sparse / dense | gzip sparse | gzip dense "
+    print("| sparsity | sparse .tflite | dense .tflite | sparse / dense | gzip sparse | gzip dense "
           "| full int8 sparse (% of dense float32) | gzip | full int8 dense | full int8 sparse, a scale per weight |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
-        print(f"| {r['sparsity']} | {mb(r['sparse_bytes'])} | {mb(r['dense_bytes'])} | {100 * r['ratio']:.1f}% "
+        print(f"| {r['sparsity']}, {r['variant']} | {mb(r['sparse_bytes'])} | {mb(r['dense_bytes'])} | {100 * r['ratio']:.1f}% "
               f"| {mb(r['sparse_gzip_bytes'])} | {mb(r['dense_gzip_bytes'])} "
               f"| {mb(r['int8_bytes'])} ({100 * r['int8_bytes'] / r['dense_bytes']:.1f}%) "
               f"| {mb(r['int8_gzip_bytes'])} ({100 * r['int8_gzip_bytes'] / r['dense_bytes']:.1f}%) "
@@ -109,7 +152,7 @@ def main():
     print("| sparsity | " + " | ".join(rows[0]["int8_bytes_by_part"]) + " |")
     print("|---" * (len(rows[0]["int8_bytes_by_part"]) + 1) + "|")
     for r in rows:
-        print(f"| {r['sparsity']} | " + " | ".join(f"{n / 1e6:.2f} MB" for n in r["int8_bytes_by_part"].values()) + " |")
+        print(f"| {r['sparsity']}, {r['variant']} | " + " | ".join(f"{n / 1e6:.2f} MB" for n in r["int8_bytes_by_part"].values()) + " |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Rewrites a converted `.tflite` graph so it runs in the default interpreter.
+"""Rewrites of a converted `.tflite` graph: so it runs in the default interpreter, and so it is smaller.
 
 TFLite stores a sparse weight that has no sparse kernel compressed, with a
 `DENSIFY` op that expands it when the interpreter loads. For float weights
@@ -11,8 +11,10 @@ the weights of the node that failed. Those weights are stored dense here,
 with the values TFLite's own `DENSIFY` computes, and the `DENSIFY` ops
 removed. int8 weights on TFLite's sparse FullyConnected kernel (no
 `DENSIFY`) keep their sparse storage; their op gets the sparse-weight op
-version, so the default interpreter leaves them to that kernel. Last, each
-distinct quantization vector (scales, zero points) is stored once.
+version, so the default interpreter leaves them to that kernel. Each
+distinct quantization vector (scales, zero points) is stored once, and
+each expanded weight is compressed along the axis with the narrowest
+indices.
 """
 
 import copy
@@ -139,6 +141,137 @@ def _same_quantization(a, b):
 
     same = all(np.array_equal(values(a, f), values(b, f)) for f in ("scale", "zeroPoint", "min", "max"))
     return same and a.quantizedDimension == b.quantizedDimension and a.details is None and b.details is None
+
+
+def narrowest_sparse_indices(tflite_bytes):
+    """Re-encodes each `DENSIFY`-expanded sparse weight along the axis that
+    gives the smallest index arrays. The converter always compresses the
+    last axis (a conv kernel's input channels), whose indices are uint16
+    once it has more than 256 entries; compressing another axis (the
+    output channels, with the rest of the axes as the outer order, which
+    the format's `traversal_order` describes) keeps them uint8 where that
+    axis has at most 256 entries: ResNet-50's 1x1 convs from 512 or 1024
+    channels down to 128 or 256. The same values are stored (zeros the
+    converter kept included); weights on TFLite's sparse FullyConnected
+    kernel (no `DENSIFY`) keep the layout that kernel reads.
+
+    Returns:
+        The rewritten file if it is smaller, every expanded weight comes out
+        identical (checked by running the builtin `DENSIFY`) and the default
+        interpreter runs it, else the input itself.
+    """
+    schema, flatbuffer_utils = _schema()
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    graph = model.subgraphs[0]
+    ops = [
+        op for op in _ops(model, graph, schema.BuiltinOperator.DENSIFY)
+        if _compressed(graph.tensors[op.inputs[0]]) and _numpy_type(graph.tensors[op.inputs[0]].type) is not None
+    ]
+    if not ops:
+        return tflite_bytes
+    weights = [graph.tensors[op.inputs[0]] for op in ops]
+    expanded = [int(op.outputs[0]) for op in ops]
+    values = tflite_runner.tensor_values(tflite_bytes, expanded)
+    patterns = _stored_patterns(model, weights, expanded)
+    changed = False
+    for weight, dense, pattern in zip(weights, values, patterns):
+        stored = int(pattern.sum())
+        axis = min(range(dense.ndim), key=lambda a: _csr_bytes(dense.shape, stored, a))
+        if _csr_bytes(dense.shape, stored, axis) >= sum(_index_bytes(level) for level in weight.sparsity.dimMetadata):
+            continue
+        weight.sparsity, kept = _csr_along(dense, pattern, axis)
+        model.buffers[weight.buffer].data = np.frombuffer(kept.tobytes(), np.uint8)
+        changed = True
+    if not changed:
+        return tflite_bytes
+    packed = _pack(model)
+    after = tflite_runner.tensor_values(packed, expanded)
+    if len(packed) >= len(tflite_bytes) or not all(np.array_equal(a, b) for a, b in zip(values, after)):
+        return tflite_bytes
+    if tflite_runner.default_interpreter_error(packed) is not None:
+        return tflite_bytes
+    return packed
+
+
+def _compressed(tensor):
+    """Whether a weight is stored in the sparse format without blocks."""
+    return tensor.sparsity is not None and (tensor.sparsity.blockMap is None or len(tensor.sparsity.blockMap) == 0)
+
+
+def _numpy_type(tensor_type):
+    schema, _ = _schema()
+    return {
+        schema.TensorType.FLOAT32: np.float32,
+        schema.TensorType.FLOAT16: np.float16,
+        schema.TensorType.INT8: np.int8,
+        schema.TensorType.UINT8: np.uint8,
+    }.get(tensor_type)
+
+
+def _stored_patterns(model, weights, expanded):
+    """Where each sparse weight stores a value (a zero it stores included):
+    the same file with every stored value set to 1, expanded."""
+    ones = copy.deepcopy(model)
+    for weight in weights:
+        dtype = np.dtype(_numpy_type(weight.type))
+        count = len(ones.buffers[weight.buffer].data) // dtype.itemsize
+        ones.buffers[weight.buffer].data = np.frombuffer(np.ones(count, dtype).tobytes(), np.uint8)
+    return [v != 0 for v in tflite_runner.tensor_values(_pack(ones), expanded)]
+
+
+def _index_bytes(level):
+    if level.arrayIndices is None:
+        return 0
+    return level.arrayIndices.values.nbytes + level.arraySegments.values.nbytes
+
+
+def _narrowest(values):
+    """(`SparseIndexVector` type, table) of the narrowest vector for `values`."""
+    schema, _ = _schema()
+    top = int(np.max(values, initial=0))
+    for kind, table, dtype in (
+        (schema.SparseIndexVector.Uint8Vector, schema.Uint8VectorT, np.uint8),
+        (schema.SparseIndexVector.Uint16Vector, schema.Uint16VectorT, np.uint16),
+        (schema.SparseIndexVector.Int32Vector, schema.Int32VectorT, np.int32),
+    ):
+        if top <= np.iinfo(dtype).max:
+            vector = table()
+            vector.values = np.asarray(values).astype(dtype)
+            return kind, vector
+
+
+def _width(top):
+    return 1 if top <= np.iinfo(np.uint8).max else 2 if top <= np.iinfo(np.uint16).max else 4
+
+
+def _csr_bytes(shape, stored, axis):
+    """Index and segment bytes of `shape` compressed along `axis`."""
+    rows = int(np.prod(shape)) // shape[axis]
+    return stored * _width(shape[axis] - 1) + (rows + 1) * _width(stored)
+
+
+def _csr_along(dense, pattern, axis):
+    """(`SparsityParametersT`, stored values): `dense` compressed along
+    `axis`, the other axes dense and outer, in their order."""
+    schema, _ = _schema()
+    order = [a for a in range(dense.ndim) if a != axis] + [axis]
+    rows = np.transpose(pattern, order).reshape(-1, dense.shape[axis])
+    row, column = np.nonzero(rows)
+    kept = np.transpose(dense, order).reshape(rows.shape)[row, column]
+    params = schema.SparsityParametersT()
+    params.traversalOrder = np.array(order, np.int32)
+    params.dimMetadata = []
+    for a in order[:-1]:
+        level = schema.DimensionMetadataT()
+        level.format, level.denseSize = schema.DimensionType.DENSE, dense.shape[a]
+        params.dimMetadata.append(level)
+    level = schema.DimensionMetadataT()
+    level.format = schema.DimensionType.SPARSE_CSR
+    segments = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=rows.shape[0]))])
+    level.arraySegmentsType, level.arraySegments = _narrowest(segments)
+    level.arrayIndicesType, level.arrayIndices = _narrowest(column)
+    params.dimMetadata.append(level)
+    return params, kept
 
 
 # The FullyConnected op version TFLite's converter gives a sparse weight in

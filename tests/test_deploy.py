@@ -283,6 +283,102 @@ def test_quantization_is_stored_once(trained, tmp_path):
     assert tflite_rewrite.quantization_stored_once(once) is once  # nothing left to drop
 
 
+def _wide_to_narrow_conv():
+    """A 1x1 conv from 512 channels to 64, 90 % of its weights masked."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 8))
+    hidden = keras.layers.Conv2D(512, 1, activation="relu")(inputs)
+    hidden = keras.layers.Conv2D(64, 1, activation="relu", name="narrowing")(hidden)
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(hidden))
+    model = keras.Model(inputs, outputs)
+    densities = {v.path: 0.1 for v in model.trainable_variables if v.path.endswith("kernel")}
+    optimizer = keras_dstee.SparseOptimizer(keras.optimizers.SGD(), densities, method="static", seed=0)
+    optimizer.build(model.trainable_variables)
+    optimizer.install()
+    return model
+
+
+def _expanded_weights(content):
+    """Per weight a `DENSIFY` op expands, by its shape: its sparsity
+    parameters, how many values it stores, the expanded tensor's index."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    graph = tflite.subgraphs[0]
+    weights = {}
+    for op in tflite_rewrite._ops(tflite, graph, schema.BuiltinOperator.DENSIFY):
+        weight = graph.tensors[op.inputs[0]]
+        itemsize = 4 if weight.type == schema.TensorType.FLOAT32 else 1
+        stored = len(tflite.buffers[weight.buffer].data) // itemsize
+        weights[tuple(graph.tensors[op.outputs[0]].shape)] = (weight.sparsity, stored, int(op.outputs[0]))
+    return weights
+
+
+def _index_bytes(sparsity):
+    return sum(level.arrayIndices.values.nbytes + level.arraySegments.values.nbytes
+               for level in sparsity.dimMetadata if level.arrayIndices is not None)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_sparse_indices_take_the_narrowest_axis(tmp_path, quantize):
+    """The converter compresses a conv kernel along its input channels
+    (uint16 indices for 512 of them); the rewrite compresses the 1x1 conv
+    from 512 to 64 along its 64 output channels (uint8), stores the same
+    values, and the outputs stay bit-identical in both interpreters."""
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from keras_dstee import export
+
+    model = _wide_to_narrow_conv()
+    x = np.random.default_rng(0).normal(size=(64, 4, 4, 8)).astype("float32")
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"))
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    if quantize:
+        converter.optimizations.append(tf.lite.Optimize.DEFAULT)
+        converter.representative_dataset = calibration.representative_dataset([x])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    original = export._runnable(converter.convert())[0]
+    narrow = tflite_rewrite.narrowest_sparse_indices(original)
+
+    before, after = _expanded_weights(original), _expanded_weights(narrow)
+    assert before.keys() == after.keys()
+    narrowing, stored, expanded = before[(64, 1, 1, 512)]
+    nonzero = int(np.count_nonzero(to_numpy(model.get_layer("narrowing").kernel)))
+    assert nonzero - 20 <= stored <= nonzero  # int8 drops the weights that round to 0
+    assert list(narrowing.traversalOrder) == [0, 1, 2, 3]
+    assert narrowing.dimMetadata[3].arrayIndicesType == schema.SparseIndexVector.Uint16Vector
+    narrowed, stored_after, _ = after[(64, 1, 1, 512)]
+    assert list(narrowed.traversalOrder) == [1, 2, 3, 0] and stored_after == stored
+    assert narrowed.dimMetadata[3].arrayIndicesType == schema.SparseIndexVector.Uint8Vector
+    assert narrowed.dimMetadata[3].arrayIndices.values.nbytes == stored  # was 2 bytes a value
+    # Every weight: the same values stored, in no more index bytes.
+    for shape, (sparsity, count, _) in before.items():
+        assert after[shape][1] == count and _index_bytes(after[shape][0]) <= _index_bytes(sparsity)
+    assert len(original) - len(narrow) >= stored - 2 * 512
+    # The same expanded weight, the same outputs.
+    np.testing.assert_array_equal(*[tflite_runner.tensor_values(c, [expanded])[0] for c in (original, narrow)])
+    for builtin_only in (True, False):
+        outputs = []
+        for content in (original, narrow):
+            interpreter = tflite_runner.open_interpreter(content, builtin_only=builtin_only)
+            interpreter.allocate_tensors()
+            detail = interpreter.get_input_details()[0]
+            interpreter.set_tensor(detail["index"], tflite_runner._to_input(x[:1], detail))
+            interpreter.invoke()
+            outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert tflite_rewrite.narrowest_sparse_indices(narrow) is narrow  # nothing left to narrow
+    # `export_tflite` writes it this way.
+    kwargs = {"quantize": "int8", "representative_data": x} if quantize else {}
+    keras_dstee.export_tflite(model, str(tmp_path / "m.tflite"), **kwargs)
+    written = _expanded_weights(open(tmp_path / "m.tflite", "rb").read())
+    assert list(written[(64, 1, 1, 512)][0].traversalOrder) == [1, 2, 3, 0]
+
+
 def test_onnx_matches_keras_and_keeps_the_zeros(trained, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
