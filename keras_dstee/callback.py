@@ -128,7 +128,7 @@ class SparseTraining(keras.callbacks.Callback):
         block_size=None,
         initial_mask="random",
         channel_sparsity=0.0,
-        min_channels=0.2,
+        min_channels=channel_rules.DEFAULT_MIN_CHANNELS,
         channel_begin=None,
         **method_settings,
     ):
@@ -361,7 +361,9 @@ class SparseTraining(keras.callbacks.Callback):
             block_size=self.block_size,
             initial_mask=self.initial_mask,
             channel_sparsity=self.channel_sparsity,
-            min_channels=self.min_channels,
+            # Without channels to remove, `min_channels` does nothing and
+            # has been warned about once already, here.
+            min_channels=self.min_channels if self.channel_sparsity else channel_rules.DEFAULT_MIN_CHANNELS,
             channel_begin=self._channel_begin_in_schedule(),
             channel_groups=self._groups,
         )
@@ -676,7 +678,7 @@ class Static(SparseTraining):
         block_size=None,
         initial_mask="random",
         channel_sparsity=0.0,
-        min_channels=0.2,
+        min_channels=channel_rules.DEFAULT_MIN_CHANNELS,
         channel_begin=None,
         update_freq=100,
         end=0.75,

@@ -224,7 +224,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         block_size=None,
         initial_mask="random",
         channel_sparsity=0.0,
-        min_channels=0.2,
+        min_channels=channel_rules.DEFAULT_MIN_CHANNELS,
         channel_begin=0.0,
         channel_groups=None,
         name=None,

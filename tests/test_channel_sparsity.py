@@ -220,10 +220,15 @@ def test_dead_channels_count_without_channel_sparsity(data):
     assert any("Live channels" in line for line in lines)
 
 
-def test_min_channels_without_channel_sparsity_warns():
+def test_min_channels_without_channel_sparsity_warns(data):
     with pytest.warns(UserWarning, match="min_channels=0.5. has no effect with channel_sparsity=0"):
-        callback = keras_dstee.DSTEE(min_channels=0.5)
+        callback = keras_dstee.DSTEE(min_channels=0.5, update_freq=2)
     assert callback.channel_sparsity == 0
+    # Once: training does not repeat it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(compile_model(vgg_style()), data, [callback])
+    assert not [w for w in caught if "min_channels" in str(w.message)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         keras_dstee.DSTEE(channel_sparsity=0.5, min_channels=0.5)
