@@ -190,15 +190,17 @@ def test_a_file_the_default_interpreter_computes_wrongly_is_refused(tmp_path, mo
     assert not os.listdir(tmp_path)
 
 
-def _converted_full_int8(model, x, folder):
-    """The converter's sparse full-int8 file, before any rewrite."""
+def _converted_sparse(model, x, folder, int8=True):
+    """The converter's sparse file (full int8, or float32), before any rewrite."""
     import tensorflow as tf
 
     model.export(folder, format="tf_saved_model", verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    converter.representative_dataset = calibration.representative_dataset([x[:64]])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    if int8:
+        converter.optimizations.append(tf.lite.Optimize.DEFAULT)
+        converter.representative_dataset = calibration.representative_dataset([x[:64]])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     return converter.convert()
 
 
@@ -219,7 +221,7 @@ def test_rewrite_for_the_default_interpreter_is_exact(trained, tmp_path):
     rewritten one runs there, and on TFLite's builtin kernels both give
     bit-identical outputs."""
     model, x, _ = trained
-    original = _converted_full_int8(model, x, str(tmp_path / "saved"))
+    original = _converted_sparse(model, x, str(tmp_path / "saved"))
     assert "XNNPack" in tflite_runner.default_interpreter_error(original)
     rewritten, names = tflite_rewrite.densify_int8_weights(original)
     assert len(names) == 4 and tflite_runner.default_interpreter_error(rewritten) is None
@@ -259,7 +261,7 @@ def test_quantization_is_stored_once(trained, tmp_path):
     from tensorflow.lite.tools import flatbuffer_utils
 
     model, x, _ = trained
-    original = _converted_full_int8(model, x, str(tmp_path / "saved"))
+    original = _converted_sparse(model, x, str(tmp_path / "saved"))
     once = tflite_rewrite.quantization_stored_once(original)
 
     def densified(content):
@@ -315,11 +317,6 @@ def _expanded_weights(content):
     return weights
 
 
-def _index_bytes(sparsity):
-    return sum(level.arrayIndices.values.nbytes + level.arraySegments.values.nbytes
-               for level in sparsity.dimMetadata if level.arrayIndices is not None)
-
-
 @tensorflow_only
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_sparse_indices_take_the_narrowest_axis(tmp_path, quantize):
@@ -327,21 +324,13 @@ def test_sparse_indices_take_the_narrowest_axis(tmp_path, quantize):
     (uint16 indices for 512 of them); the rewrite compresses the 1x1 conv
     from 512 to 64 along its 64 output channels (uint8), stores the same
     values, and the outputs stay bit-identical in both interpreters."""
-    import tensorflow as tf
     from tensorflow.lite.python import schema_py_generated as schema
 
     from keras_dstee import export
 
     model = _wide_to_narrow_conv()
     x = np.random.default_rng(0).normal(size=(64, 4, 4, 8)).astype("float32")
-    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"))
-    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    if quantize:
-        converter.optimizations.append(tf.lite.Optimize.DEFAULT)
-        converter.representative_dataset = calibration.representative_dataset([x])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    original = export._runnable(converter.convert())[0]
+    original = export._runnable(_converted_sparse(model, x, str(tmp_path / "saved"), int8=quantize == "int8"))[0]
     narrow = tflite_rewrite.narrowest_sparse_indices(original)
 
     before, after = _expanded_weights(original), _expanded_weights(narrow)
@@ -355,22 +344,17 @@ def test_sparse_indices_take_the_narrowest_axis(tmp_path, quantize):
     assert list(narrowed.traversalOrder) == [1, 2, 3, 0] and stored_after == stored
     assert narrowed.dimMetadata[3].arrayIndicesType == schema.SparseIndexVector.Uint8Vector
     assert narrowed.dimMetadata[3].arrayIndices.values.nbytes == stored  # was 2 bytes a value
+    def index_bytes(sparsity):
+        return sum(tflite_rewrite._index_bytes(level) for level in sparsity.dimMetadata)
+
     # Every weight: the same values stored, in no more index bytes.
     for shape, (sparsity, count, _) in before.items():
-        assert after[shape][1] == count and _index_bytes(after[shape][0]) <= _index_bytes(sparsity)
+        assert after[shape][1] == count and index_bytes(after[shape][0]) <= index_bytes(sparsity)
     assert len(original) - len(narrow) >= stored - 2 * 512
     # The same expanded weight, the same outputs.
     np.testing.assert_array_equal(*[tflite_runner.tensor_values(c, [expanded])[0] for c in (original, narrow)])
-    for builtin_only in (True, False):
-        outputs = []
-        for content in (original, narrow):
-            interpreter = tflite_runner.open_interpreter(content, builtin_only=builtin_only)
-            interpreter.allocate_tensors()
-            detail = interpreter.get_input_details()[0]
-            interpreter.set_tensor(detail["index"], tflite_runner._to_input(x[:1], detail))
-            interpreter.invoke()
-            outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
-        np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(*_builtin_outputs([original, narrow], x[:1]))
+    np.testing.assert_array_equal(*[tflite_runner.predict_tflite(c, x[:8]) for c in (original, narrow)])
     assert tflite_rewrite.narrowest_sparse_indices(narrow) is narrow  # nothing left to narrow
     # `export_tflite` writes it this way.
     kwargs = {"quantize": "int8", "representative_data": x} if quantize else {}
