@@ -178,9 +178,9 @@ def narrowest_sparse_indices(tflite_bytes):
         return tflite_bytes
     changed = False
     for weight, dense, pattern in zip(weights, values, patterns):
-        stored = int(pattern.sum())
-        axis = min(range(dense.ndim), key=lambda a: _csr_bytes(dense.shape, stored, a))
-        if _csr_bytes(dense.shape, stored, axis) >= sum(_index_bytes(level) for level in weight.sparsity.dimMetadata):
+        cost = {axis: _csr_bytes(dense.shape, int(pattern.sum()), axis) for axis in range(dense.ndim)}
+        axis = min(cost, key=cost.get)
+        if cost[axis] >= sum(_index_bytes(level) for level in weight.sparsity.dimMetadata):
             continue
         weight.sparsity, kept = _csr_along(dense, pattern, axis)
         model.buffers[weight.buffer].data = np.frombuffer(kept.tobytes(), np.uint8)
