@@ -3,6 +3,7 @@ interpreter), its accuracy measured on the file, and ONNX."""
 
 import importlib.util
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -77,6 +78,38 @@ def test_full_int8_runs_in_the_default_interpreter_close_to_keras(trained, tmp_p
     assert abs(keras_dstee.evaluate_tflite(path, x, y) - _accuracy(model, x, y)) <= 0.03
     agree = tflite_runner.predict_tflite(path, x).argmax(-1) == to_numpy(model(x)).argmax(-1)
     assert agree.mean() >= 0.95
+    # The report measures the same on the calibration samples (200 or 256).
+    calibrated = 200 if io_dtype == "float32" else 256
+    assert abs(report["calibration_agreement"] - agree[:calibrated].mean()) <= 1 / calibrated
+
+
+def _outlier_mlp():
+    """An MLP whose hidden layer has one huge unit the classifier ignores:
+    int8 activations (one scale for the layer) round the others to zero."""
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    hidden, bias = rng.normal(size=(16, 32)).astype("float32"), np.zeros(32, "float32")
+    bias[0] = 1e5
+    head = rng.normal(size=(32, 10)).astype("float32")
+    head[0] = 0.0
+    model.set_weights([hidden, bias, head, np.zeros(10, "float32")])
+    return model, rng.normal(size=(300, 16)).astype("float32")
+
+
+def test_full_int8_that_loses_the_models_classes_warns(tmp_path):
+    model, x = _outlier_mlp()
+    path = str(tmp_path / "outlier.tflite")
+    with pytest.warns(UserWarning, match="calibration samples"):
+        report = keras_dstee.export_tflite(model, path, quantize="int8", representative_data=x)
+    agree = tflite_runner.predict_tflite(path, x).argmax(-1) == to_numpy(model(x)).argmax(-1)
+    assert report["calibration_agreement"] == pytest.approx(agree.mean()) and agree.mean() < 0.5
+    # Dynamic range keeps float activations: no agreement to measure, no warning.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dynamic = keras_dstee.export_tflite(model, str(tmp_path / "dynamic.tflite"), quantize="int8")
+    assert not [w for w in caught if "calibration samples" in str(w.message)]
+    assert "calibration_agreement" not in dynamic
+    assert np.mean(tflite_runner.predict_tflite(dynamic["path"], x).argmax(-1) == to_numpy(model(x)).argmax(-1)) >= 0.95
 
 
 def test_per_tensor_int8_has_one_scale_per_weight(trained, tmp_path):
