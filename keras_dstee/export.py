@@ -207,7 +207,7 @@ def _check_agreement(model, path, samples, report):
     if agreement < AGREEMENT_WARNING:
         warnings.warn(
             f"The full-int8 file picks the Keras model's class on only {agreement:.0%} of the "
-            f"{len(samples[0])} calibration samples: int8 activations lose this model's outliers. "
+            f"{len(samples[0])} calibration samples: one int8 scale per activation tensor cannot hold this model's activation ranges. "
             "Measure it with `keras_dstee.evaluate_tflite`; dynamic-range int8 (no "
             "`representative_data`) keeps float activations.",
             stacklevel=3,
