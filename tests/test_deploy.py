@@ -110,6 +110,10 @@ def test_full_int8_that_loses_the_models_classes_warns(tmp_path):
     assert not [w for w in caught if "calibration samples" in str(w.message)]
     assert "calibration_agreement" not in dynamic
     assert np.mean(tflite_runner.predict_tflite(dynamic["path"], x).argmax(-1) == to_numpy(model(x)).argmax(-1)) >= 0.95
+    # One regression output: no classes to agree on, nothing measured.
+    regression = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    report = keras_dstee.export_tflite(regression, str(tmp_path / "regression.tflite"), quantize="int8", representative_data=x)
+    assert report["quantization"] == "full_int8" and "calibration_agreement" not in report
 
 
 def test_per_tensor_int8_has_one_scale_per_weight(trained, tmp_path):
