@@ -22,22 +22,18 @@ from common import CIFAR10
 from common import load_cifar10
 
 import keras_dstee
+from keras_dstee import export
 
 
 def plain_tflite(model, folder, calibration):
-    """TFLite's converter on the model's SavedModel, nothing else."""
-    import tensorflow as tf
-
+    """TFLite's converter on the model's SavedModel, set up as
+    `export_tflite` sets it up, without the sparse format or any rewrite."""
     saved = os.path.join(folder, "saved_model")
     model.export(saved, format="tf_saved_model", verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if calibration is not None:
-        converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    samples = None if calibration is None else [calibration]
     path = os.path.join(folder, "plain.tflite")
     with open(path, "wb") as f:
-        f.write(converter.convert())
+        f.write(export._convert(saved, sparse=False, quantize="int8", samples=samples))
     return path
 
 

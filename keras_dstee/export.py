@@ -201,7 +201,7 @@ def _check_agreement(model, path, samples, report):
     if isinstance(expected, (list, tuple, dict)) or expected.ndim != 2 or expected.shape[-1] < 2:
         return
     scores = tflite_runner.predict_tflite(path, samples)
-    agreement = float(np.mean(scores.argmax(-1) == np.asarray(expected).argmax(-1)))
+    agreement = float(np.mean(scores.argmax(-1) == expected.argmax(-1)))
     report["calibration_agreement"] = agreement
     if agreement < AGREEMENT_WARNING:
         warnings.warn(
