@@ -1,6 +1,6 @@
 """Is an int8 file's accuracy loss TFLite's or ours? A trained CIFAR model's
 test accuracy in Keras, through TFLite's converter alone, and through
-`keras_dstee.export_tflite`.
+`keras_dstee.export_tflite` with TFLite's activation ranges and its own.
 
     KERAS_BACKEND=tensorflow python benchmarks/int8_reference.py --model runs/r50f98c/model.keras
 
@@ -9,7 +9,10 @@ converted twice from the same model: by a plain `tf.lite.TFLiteConverter`
 (dense storage, none of keras-dstee's rewrites) and by `export_tflite`
 (sparse storage, the rewrites); both calibrated on the same first 300
 training images, standardised as the CIFAR examples do. Equal accuracy
-means the loss is the quantization itself, not the sparse export.
+means the loss is the quantization itself, not the sparse export. Full int8
+is then exported with `activation_ranges="auto"` (the default): the ranges
+it chose, each candidate's agreement with the model on the calibration
+images, and the file's test accuracy.
 """
 
 import argparse
@@ -50,12 +53,19 @@ def main():
     keras_accuracy = float(np.mean(keras.ops.convert_to_numpy(model.predict(x, verbose=0)).argmax(-1) == y))
     print(f"Keras: {keras_accuracy:.4f} on {len(y)} test images")
     for name, samples in [("full int8", calibration)] + ([("dynamic-range int8", None)] if args.dynamic_range else []):
+        settings = {"activation_ranges": "minmax"} if samples is not None else {}
         with tempfile.TemporaryDirectory() as folder:
             plain = keras_dstee.evaluate_tflite(plain_tflite(model, folder, samples), x, y)
             ours = os.path.join(folder, "ours.tflite")
-            report = keras_dstee.export_tflite(model, ours, quantize="int8", representative_data=samples)
+            report = keras_dstee.export_tflite(model, ours, quantize="int8", representative_data=samples, **settings)
             print(f"{name}: TFLite's converter alone {plain:.4f}, export_tflite {keras_dstee.evaluate_tflite(ours, x, y):.4f}"
-                  + (f" (calibration_agreement {report['calibration_agreement']:.2f})" if samples is not None else ""))
+                  + (f" (TFLite's activation ranges; calibration_agreement {report['calibration_agreement']:.2f})" if samples is not None else ""))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "auto.tflite")
+        report = keras_dstee.export_tflite(model, path, quantize="int8", representative_data=calibration)
+        scores = ", ".join(f"{label} {score:.3f}" for label, score in report["activation_range_scores"].items())
+        print(f"full int8, activation_ranges='auto': {keras_dstee.evaluate_tflite(path, x, y):.4f} "
+              f"(chose {report['activation_ranges']}; agreement on the calibration images: {scores})")
 
 
 if __name__ == "__main__":

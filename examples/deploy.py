@@ -123,6 +123,11 @@ def export_all(model, out, calibration):
     tflite.append(("TFLite full int8, a scale per weight", "full_int8_per_tensor", model,
                    {"quantize": "int8", "representative_data": calibration, "optimize_for": "latency",
                     "per_channel": False}))
+    # What TFLite's own activation ranges (the extremes) give, beside the
+    # ranges `export_tflite` chose.
+    tflite.append(("TFLite full int8, TFLite's activation ranges", "full_int8_minmax", model,
+                   {"quantize": "int8", "representative_data": calibration, "optimize_for": "latency",
+                    "activation_ranges": "minmax"}))
     for name, file, source, options in tflite:
         path = os.path.join(out, f"{file}.tflite")
         print(f"Exporting {path} ...", flush=True)

@@ -1,7 +1,7 @@
 """`keras-dstee`: summarise or export a saved `.keras` model.
 
     keras-dstee summary m.keras
-    keras-dstee export m.keras --tflite out.tflite [--int8 [--representative-data x.npy [--per-tensor]]] [--dense] [--optimize-for latency]
+    keras-dstee export m.keras --tflite out.tflite [--int8 [--representative-data x.npy [--per-tensor] [--activation-ranges minmax]]] [--dense] [--optimize-for latency]
     keras-dstee export m.keras --saved-model out_dir
     keras-dstee export m.keras --onnx out.onnx
     keras-dstee --version
@@ -78,6 +78,10 @@ def main(argv=None):
         "--per-tensor", action="store_true",
         help="full-integer int8: one scale per weight instead of per output channel (smaller file)",
     )
+    export.add_argument(
+        "--activation-ranges", choices=("auto", "minmax"), default="auto",
+        help="full-integer int8: TFLite's activation ranges (minmax), or the candidate that agrees best with the model",
+    )
     export.add_argument("--dense", action="store_true", help="do not use the sparse tensor format")
     export.add_argument(
         "--optimize-for", choices=("size", "latency"), default="size",
@@ -104,6 +108,8 @@ def main(argv=None):
         parser.error("--representative-data calibrates full-integer int8: add --int8")
     if args.per_tensor and not args.representative_data:
         parser.error("--per-tensor applies to full-integer int8: add --int8 --representative-data x.npy")
+    if args.activation_ranges != "auto" and not args.representative_data:
+        parser.error("--activation-ranges applies to full-integer int8: add --int8 --representative-data x.npy")
     if args.representative_data and not os.path.isfile(args.representative_data):
         parser.error(f"no such file: {args.representative_data}")
     for path in (args.tflite, args.saved_model, args.onnx):
@@ -131,6 +137,7 @@ def main(argv=None):
                 representative_data=_samples(args.representative_data),
                 io_dtype=args.io_dtype,
                 per_channel=not args.per_tensor,
+                activation_ranges=args.activation_ranges,
             )
         )
     if args.json:
@@ -140,7 +147,8 @@ def main(argv=None):
         print(f"wrote {report['path']}: {kb(report['bytes'])} ({kb(report['gzip_bytes'])} gzipped)")
         print(f"dense export:  {kb(report['dense_bytes'])} ({kb(report['dense_gzip_bytes'])} gzipped)")
         scales = {True: ", a scale per output channel", False: ", a scale per weight"}.get(report.get("per_channel"), "")
-        print(f"quantization: {report['quantization']}{scales}")
+        ranges = f", activation ranges {report['activation_ranges']}" if "activation_ranges" in report else ""
+        print(f"quantization: {report['quantization']}{scales}{ranges}")
         for row in report.get("layers", []):
             print(f"{row['path']}: {row['op']}, {row['storage']} ({row['reason']})")
     if "saved_model" in report and not args.json:

@@ -19,6 +19,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_dstee import activation_ranges as ranges_lib
 from keras_dstee import calibration
 from keras_dstee import slimming
 from keras_dstee import tflite_inspection
@@ -72,6 +73,7 @@ def export_tflite(
     representative_data=None,
     io_dtype="float32",
     per_channel=True,
+    activation_ranges="auto",
 ):
     """Exports `model` to a TFLite file, storing sparse kernels compactly.
 
@@ -123,6 +125,16 @@ def export_tflite(
             ResNet-50-CIFAR file (1.54 -> 1.29 MB, measured).
             One scale per weight is coarser: measure the file's accuracy
             with `evaluate_tflite`.
+        activation_ranges: the int8 range of each activation tensor in a
+            full-integer file: `"minmax"`, TFLite's (the extremes over the
+            calibration samples), or `"auto"`: TFLite's and narrower
+            candidates (the means of the extremes over groups of 64, 16, 4
+            and 1 samples, which clip values rare samples reach) are each
+            quantized and run on the calibration samples, and the file
+            whose outputs agree best with the model's is written (TFLite's
+            on a tie; a model with several outputs gets TFLite's). A
+            98 %-sparse ResNet-50-CIFAR: 18.9 % -> 30.8 % test accuracy,
+            Keras 31.6 % (`benchmarks/int8_reference.py`).
 
     Returns:
         A dict: `path`; `bytes` and `gzip_bytes` of the file; `dense_bytes`
@@ -133,7 +145,9 @@ def export_tflite(
         `op_resolver`: always `"default"`; `calibration_agreement` (full
         int8, a model with one class-score output): the share of the
         calibration samples on which the file picks the model's class (a
-        warning below 0.8).
+        warning below 0.8); `activation_ranges` (full int8): the ranges
+        written (`"minmax"` or `"mean over groups of g"`), and with `"auto"`
+        `activation_range_scores`, each candidate's agreement.
     """
     if quantize not in QUANTIZE:
         raise ValueError(f"`quantize` must be one of {QUANTIZE}. Received: quantize={quantize!r}")
@@ -152,8 +166,18 @@ def export_tflite(
             "`io_dtype='int8'` needs full-integer quantization: pass `quantize='int8'` and "
             "`representative_data` (a few hundred input samples)."
         )
+    if activation_ranges not in ranges_lib.ACTIVATION_RANGES:
+        raise ValueError(
+            f"`activation_ranges` must be one of {ranges_lib.ACTIVATION_RANGES}. "
+            f"Received: activation_ranges={activation_ranges!r}"
+        )
     if not isinstance(per_channel, bool):
         raise ValueError(f"`per_channel` must be True or False. Received: per_channel={per_channel!r}")
+    if activation_ranges != "auto" and representative_data is None:
+        raise ValueError(
+            "`activation_ranges` applies to full-integer int8: pass `quantize='int8'` and "
+            "`representative_data` (a few hundred input samples)."
+        )
     if not per_channel and representative_data is None:
         raise ValueError(
             "`per_channel=False` applies to full-integer int8: pass `quantize='int8'` and "
@@ -170,9 +194,12 @@ def export_tflite(
         flags += ["--int8"] if quantize == "int8" else []
         flags += ["--optimize-for", optimize_for, "--io-dtype", io_dtype]
         flags += [] if per_channel else ["--per-tensor"]
+        flags += ["--activation-ranges", activation_ranges]
         report = run_in_tensorflow(model, flags, samples)
     else:
-        report = _export_tflite_here(model, path, sparse, quantize, optimize_for, samples, io_dtype, per_channel)
+        report = _export_tflite_here(
+            model, path, sparse, quantize, optimize_for, samples, io_dtype, per_channel, activation_ranges
+        )
     if samples is not None:
         _check_agreement(model, path, samples, report)
     if optimize_for == "latency" and report["accelerated"] == 0:
@@ -204,30 +231,53 @@ def _check_agreement(model, path, samples, report):
     agreement = float(np.mean(scores.argmax(-1) == expected.argmax(-1)))
     report["calibration_agreement"] = agreement
     if agreement < AGREEMENT_WARNING:
+        advice = (
+            "; `activation_ranges='auto'` (the default) tries narrower ranges"
+            if "activation_range_scores" not in report
+            else ""
+        )
         warnings.warn(
             f"The full-int8 file picks the Keras model's class on only {agreement:.0%} of the "
-            f"{len(samples[0])} calibration samples: one int8 scale per activation tensor "
-            "cannot hold this model's activation ranges. Measure it with "
+            f"{len(samples[0])} calibration samples: one int8 range per activation tensor "
+            f"({report['activation_ranges']}) cannot hold this model's activations. Measure it with "
             "`keras_dstee.evaluate_tflite`; dynamic-range int8 (no `representative_data`) "
-            "keeps float activations.",
+            f"keeps float activations{advice}.",
             stacklevel=3,
         )
 
 
 def _export_tflite_here(
-    model, path, sparse, quantize, optimize_for, samples=None, io_dtype="float32", per_channel=True
+    model,
+    path,
+    sparse,
+    quantize,
+    optimize_for,
+    samples=None,
+    io_dtype="float32",
+    per_channel=True,
+    activation_ranges="auto",
 ):
     """`export_tflite` on the TensorFlow backend."""
+    chosen = {}
     with tempfile.TemporaryDirectory() as folder:
         saved = os.path.join(folder, "saved_model")
         model.export(saved, format="tf_saved_model", verbose=False)
         settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype, "per_channel": per_channel}
-        flat = _runnable(_convert(saved, sparse=False, **settings))[0]
+        expected = _expected_output(model, samples) if activation_ranges == "auto" else None
+        if expected is not None:
+            raw, chosen = ranges_lib.quantize(_converter(saved, **settings), samples, expected, per_channel, io_dtype)
+            raw_sparse = ranges_lib.sparsify(raw) if sparse else None
+        else:
+            raw = _convert(saved, sparse=False, **settings)
+            raw_sparse = _convert(saved, sparse=True, **settings) if sparse else None
+            if samples is not None:
+                chosen = {"activation_ranges": "minmax"}
+        flat = _runnable(raw)[0]
         if quantize is not None:
             flat = tflite_rewrite.quantization_stored_once(flat)
         data, rewritten = flat, []
         if sparse:
-            data, rewritten = _runnable(_convert(saved, sparse=True, **settings))
+            data, rewritten = _runnable(raw_sparse)
             if quantize is not None:
                 data = tflite_rewrite.quantization_stored_once(data)
             data = tflite_rewrite.narrowest_sparse_indices(data)
@@ -249,6 +299,7 @@ def _export_tflite_here(
         "dense_gzip_bytes": len(gzip.compress(flat)),
         "quantization": quantization,
         **({"per_channel": per_channel} if samples is not None else {}),
+        **chosen,
         "int8_stored_dense": rewritten,
         "op_resolver": "default",
     }
@@ -302,7 +353,21 @@ def _check_default_interpreter(data):
         )
 
 
+def _expected_output(model, samples):
+    """The model's output on the calibration samples, or None where there
+    is nothing to calibrate or the model has several outputs."""
+    if samples is None:
+        return None
+    output = model.predict(samples if len(samples) > 1 else samples[0], batch_size=32, verbose=0)
+    return None if isinstance(output, (list, tuple, dict)) else keras.ops.convert_to_numpy(output)
+
+
 def _convert(saved_model, sparse, quantize, samples=None, io_dtype="float32", per_channel=True):
+    return _converter(saved_model, sparse, quantize, samples, io_dtype, per_channel).convert()
+
+
+def _converter(saved_model, sparse=False, quantize=None, samples=None, io_dtype="float32", per_channel=True):
+    """TFLite's converter set up for the export."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -321,7 +386,7 @@ def _convert(saved_model, sparse, quantize, samples=None, io_dtype="float32", pe
         if io_dtype == "int8":
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-    return converter.convert()
+    return converter
 
 
 def run_in_tensorflow(model, flags, samples=None):

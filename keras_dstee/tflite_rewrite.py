@@ -405,3 +405,27 @@ def dense_where_sparse_is_slower(tflite_bytes, dense_bytes):
     if not changed:
         return tflite_bytes, []
     return _pack(model), changed
+
+
+def recorded_ranges(tflite_bytes):
+    """`{tensor index: (min, max)}` of the main graph's tensors that carry
+    one calibrated range (a calibrated float file, before quantization)."""
+    _, flatbuffer_utils = _schema()
+    graph = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes)).subgraphs[0]
+    return {
+        index: (float(tensor.quantization.min[0]), float(tensor.quantization.max[0]))
+        for index, tensor in enumerate(graph.tensors)
+        if tensor.quantization is not None and tensor.quantization.min is not None and len(tensor.quantization.min) == 1
+    }
+
+
+def with_ranges(tflite_bytes, ranges):
+    """The calibrated file with the main graph's tensors given new ranges
+    (`{tensor index: (min, max)}`): what the quantizer then maps to int8."""
+    _, flatbuffer_utils = _schema()
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    tensors = model.subgraphs[0].tensors
+    for index, (low, high) in ranges.items():
+        tensors[index].quantization.min = np.array([low], np.float32)
+        tensors[index].quantization.max = np.array([high], np.float32)
+    return _pack(model)

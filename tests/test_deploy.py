@@ -427,6 +427,8 @@ def test_refusals_write_nothing(trained, tmp_path, monkeypatch):
         ({"quantize": "int8", "representative_data": x[..., :1]}, "shape"),
         ({"quantize": "int8", "per_channel": False}, "representative_data"),
         ({"quantize": "int8", "representative_data": x, "per_channel": "no"}, "per_channel"),
+        ({"quantize": "int8", "activation_ranges": "minmax"}, "representative_data"),
+        ({"quantize": "int8", "representative_data": x, "activation_ranges": "percentile"}, "activation_ranges"),
     ]:
         with pytest.raises(ValueError, match=message):
             keras_dstee.export_tflite(model, str(path), **kwargs)
