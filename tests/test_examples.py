@@ -240,7 +240,7 @@ def test_deploy_example(tmp_path):
         artifacts = {os.path.basename(a["path"]): a for a in json.load(f)["artifacts"]}
     expected = {"model.keras", "saved_model", "dense_float32.tflite", "float32.tflite", "dynamic_int8.tflite", "full_int8.tflite",
                 "float32_slim.tflite", "dynamic_int8_slim.tflite", "full_int8_slim.tflite", "full_int8_per_tensor.tflite",
-                "model.onnx"}
+                "full_int8_minmax.tflite", "model.onnx"}
     assert set(artifacts) == expected
     # The float files compute what the Keras model does; slimming keeps it.
     keras_accuracy = artifacts["model.keras"]["accuracy"]
