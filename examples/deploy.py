@@ -206,7 +206,11 @@ def measure(rows, model, x, y, runs):
         row["accuracy"] = accuracy(row, model, x, y)
         report = row.get("report", {})
         row["sparse_kernel_layers"] = report.get("accelerated")
-        print(f"{row['name']}: {row['bytes']:,} bytes, accuracy {row['accuracy']:.4f}", flush=True)
+        # Full int8: the activation ranges written, and how often the file
+        # picked the model's class on the calibration samples.
+        row.update({key: report[key] for key in ("activation_ranges", "calibration_agreement") if key in report})
+        ranges = f", activation ranges {row['activation_ranges']}" if "activation_ranges" in row else ""
+        print(f"{row['name']}: {row['bytes']:,} bytes, accuracy {row['accuracy']:.4f}{ranges}", flush=True)
     sample = x[:1]
     timed = [r for r in rows if r["kind"] in ("tflite", "onnx")]
     dense = next(r for r in timed if r["path"].endswith("dense_float32.tflite"))

@@ -249,3 +249,5 @@ def test_deploy_example(tmp_path):
     assert artifacts["full_int8_per_tensor.tflite"]["bytes"] < artifacts["full_int8.tflite"]["bytes"]
     assert artifacts["float32_slim.tflite"]["latency_ms"] > 0 and (tmp_path / "deploy.png").stat().st_size > 0
     assert "| TFLite full int8 |" in (tmp_path / "deploy.md").read_text()
+    assert artifacts["full_int8_minmax.tflite"]["activation_ranges"] == "minmax"
+    assert 0 <= artifacts["full_int8.tflite"]["calibration_agreement"] <= 1
