@@ -115,8 +115,9 @@ def _extremes_per_sample(calibrated, tensors, samples):
 
 
 def _agreement(tflite_bytes, samples, expected):
-    scores = tflite_runner.predict_tflite(tflite_bytes, samples if len(samples) > 1 else samples[0])
-    if expected.ndim == 2 and expected.shape[-1] >= 2:
-        return float(np.mean(scores.argmax(-1) == expected.argmax(-1)))
+    share = tflite_runner.class_agreement(tflite_bytes, samples, expected)
+    if share is not None:
+        return share
+    scores = tflite_runner.predict_tflite(tflite_bytes, samples)
     error = np.mean((scores.reshape(expected.shape) - expected) ** 2)
     return float(-error / (np.var(expected) + 1e-12))

@@ -189,6 +189,9 @@ def export_tflite(
         samples = calibration.calibration_samples(representative_data, calibration.input_shapes(model))
     if slim:
         model = slimming.slim(model)
+    # The model's output on the calibration samples, predicted once: it
+    # scores the activation-range candidates and the file written.
+    expected = _expected_output(model, samples)
     if keras.backend.backend() != "tensorflow":
         flags = ["--tflite", path] + (["--dense"] if not sparse else [])
         flags += ["--int8"] if quantize == "int8" else []
@@ -198,10 +201,10 @@ def export_tflite(
         report = run_in_tensorflow(model, flags, samples)
     else:
         report = _export_tflite_here(
-            model, path, sparse, quantize, optimize_for, samples, io_dtype, per_channel, activation_ranges
+            model, path, sparse, quantize, optimize_for, samples, io_dtype, per_channel, activation_ranges, expected
         )
-    if samples is not None:
-        _check_agreement(model, path, samples, report)
+    if expected is not None:
+        _check_agreement(path, samples, expected, report)
     if optimize_for == "latency" and report["accelerated"] == 0:
         reasons = sorted({f"{row['storage']}: {row['reason']}" for row in report["layers"]})
         warnings.warn(
@@ -221,15 +224,14 @@ def export_tflite(
 AGREEMENT_WARNING = 0.8
 
 
-def _check_agreement(model, path, samples, report):
+def _check_agreement(path, samples, expected, report):
     """How often the full-int8 file at `path` picks the Keras model's class
-    on the calibration samples (`report["calibration_agreement"]`, for a
-    model with one output of class scores); warns when it seldom does."""
-    expected = model.predict(samples if len(samples) > 1 else samples[0], batch_size=32, verbose=0)
-    if isinstance(expected, (list, tuple, dict)) or expected.ndim != 2 or expected.shape[-1] < 2:
+    (`expected`, its output) on the calibration samples
+    (`report["calibration_agreement"]`, for an output of class scores);
+    warns when it seldom does."""
+    agreement = tflite_runner.class_agreement(path, samples, expected)
+    if agreement is None:
         return
-    scores = tflite_runner.predict_tflite(path, samples)
-    agreement = float(np.mean(scores.argmax(-1) == expected.argmax(-1)))
     report["calibration_agreement"] = agreement
     if agreement < AGREEMENT_WARNING:
         advice = (
@@ -257,15 +259,16 @@ def _export_tflite_here(
     io_dtype="float32",
     per_channel=True,
     activation_ranges="auto",
+    expected=None,
 ):
-    """`export_tflite` on the TensorFlow backend."""
+    """`export_tflite` on the TensorFlow backend; `expected`: the model's
+    output on `samples` (None for several outputs)."""
     chosen = {}
     with tempfile.TemporaryDirectory() as folder:
         saved = os.path.join(folder, "saved_model")
         model.export(saved, format="tf_saved_model", verbose=False)
         settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype, "per_channel": per_channel}
-        expected = _expected_output(model, samples) if activation_ranges == "auto" else None
-        if expected is not None:
+        if activation_ranges == "auto" and expected is not None:
             raw, chosen = ranges_lib.quantize(_converter(saved, **settings), samples, expected, per_channel, io_dtype)
             raw_sparse = ranges_lib.sparsify(raw) if sparse else None
         else:

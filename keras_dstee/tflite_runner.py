@@ -130,6 +130,15 @@ def predict_tflite(path, x, batch_size=32, num_threads=None):
     return np.concatenate(outputs)
 
 
+def class_agreement(path, x, expected):
+    """The share of samples `x` on which the file's class (the largest of
+    its first output) is the one `expected` (a model's class scores, one
+    row per sample) picks; None when `expected` is not class scores."""
+    if expected.ndim != 2 or expected.shape[-1] < 2:
+        return None
+    return float(np.mean(predict_tflite(path, x).argmax(-1) == expected.argmax(-1)))
+
+
 def evaluate_tflite(path, x, y, batch_size=32, num_threads=None):
     """Classification accuracy of a TFLite file on `(x, y)`, run by the
     default TFLite interpreter: what a user ships, measured.
