@@ -75,10 +75,11 @@ def sparsify(tflite_bytes):
 
 
 def _candidates(calibrated, samples):
-    """(label, ranges) pairs: TFLite's extremes first, then group means
-    over fewer and fewer samples."""
+    """(label, ranges) pairs, the ranges replacing recorded ones: TFLite's
+    extremes first (none replaced), then group means over fewer and fewer
+    samples."""
     recorded = tflite_rewrite.recorded_ranges(calibrated)
-    yield "minmax", recorded
+    yield "minmax", {}
     tensors = sorted(recorded)
     low, high = _extremes_per_sample(calibrated, tensors, samples)
     count = len(low)
@@ -88,11 +89,12 @@ def _candidates(calibrated, samples):
         groups = np.array_split(np.arange(count), -(-count // group))
         mean_low = np.mean([low[g].min(0) for g in groups], axis=0)
         mean_high = np.mean([high[g].max(0) for g in groups], axis=0)
-        ranges = dict(recorded)
-        for i, index in enumerate(tensors):
-            if mean_high[i] > mean_low[i]:  # a constant keeps its recorded range
-                ranges[index] = (float(mean_low[i]), float(mean_high[i]))
-        yield f"mean over groups of {group}", ranges
+        # A constant or empty tensor keeps its recorded range.
+        yield f"mean over groups of {group}", {
+            index: (float(mean_low[i]), float(mean_high[i]))
+            for i, index in enumerate(tensors)
+            if mean_high[i] > mean_low[i]
+        }
 
 
 def _extremes_per_sample(calibrated, tensors, samples):
@@ -109,7 +111,7 @@ def _extremes_per_sample(calibrated, tensors, samples):
         interpreter.invoke()
         for i, index in enumerate(tensors):
             values = interpreter.get_tensor(index)
-            # An empty tensor has no extremes: it keeps its recorded range.
+            # An empty tensor has no extremes (NaN): it keeps its recorded range.
             low[s, i], high[s, i] = (values.min(), values.max()) if values.size else (np.nan, np.nan)
     return low, high
 

@@ -422,6 +422,8 @@ def recorded_ranges(tflite_bytes):
 def with_ranges(tflite_bytes, ranges):
     """The calibrated file with the main graph's tensors given new ranges
     (`{tensor index: (min, max)}`): what the quantizer then maps to int8."""
+    if not ranges:
+        return tflite_bytes
     _, flatbuffer_utils = _schema()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     tensors = model.subgraphs[0].tensors
