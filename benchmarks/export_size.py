@@ -6,7 +6,7 @@ Masks the kernels exactly as sparse training starts (`SparseOptimizer`,
 ERK densities), exports with `keras_dstee.export_tflite` and prints the
 sparse and dense `.tflite` sizes (raw and gzipped), float32 and full-integer
 int8 (calibrated on 100 random inputs: the size does not depend on them),
-also with a scale per weight (`per_channel=False`), and where the
+also with one scale per weight tensor (`per_channel=False`), and where the
 full-int8 file's bytes go. A third row is the slimmed model at 98 % with
 half the channels removed in every layer (`channel_sparsity=0.5,
 min_channels=1`), its structure made by a short run of the real schedule to
@@ -147,7 +147,7 @@ def main():
     with open(os.path.join(RESULTS, "export_size.json"), "w") as f:
         json.dump({"backend": keras.backend.backend(), "model": "resnet50_cifar", "rows": rows}, f, indent=1)
     print("| sparsity | sparse .tflite | dense .tflite | sparse / dense | gzip sparse | gzip dense "
-          "| full int8 sparse (% of dense float32) | gzip | full int8 dense | full int8 sparse, a scale per weight |")
+          "| full int8 sparse (% of dense float32) | gzip | full int8 dense | full int8 sparse, one scale per weight tensor |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731

@@ -8,7 +8,7 @@ CNN trained here for a few steps with half its channels removed), writes a
 SavedModel; TFLite files in float32 (sparse storage), dynamic-range int8 and
 full-integer int8 (calibrated on 300 training images), each also slimmed
 (removed channels cut out) when the model has removed channels; full int8
-with a scale per weight instead of per channel (smaller); the dense
+with one scale per weight tensor instead of one per channel (smaller); the dense
 float32 TFLite file they are compared with; and ONNX when
 `keras-dstee[onnx]` is installed. Then one row per artifact: file size and
 gzip size, test accuracy of the file itself (TFLite files through the
@@ -120,7 +120,7 @@ def export_all(model, out, calibration):
     if slimmed is not None:
         tflite += [(f"{name}, slimmed", f"{file}_slim", slimmed, options) for name, file, _, options in tflite[1:]]
     # Smaller still: one weight scale per tensor instead of per channel.
-    tflite.append(("TFLite full int8, a scale per weight", "full_int8_per_tensor", model,
+    tflite.append(("TFLite full int8, one scale per weight tensor", "full_int8_per_tensor", model,
                    {"quantize": "int8", "representative_data": calibration, "optimize_for": "latency",
                     "per_channel": False}))
     # What TFLite's own activation ranges (the extremes) give, beside the

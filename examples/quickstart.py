@@ -21,6 +21,8 @@ except ImportError:
         'The quickstart reads scikit-learn\'s bundled digits: pip install "keras-dstee[examples]"'
     ) from None
 
+from runtime import torch_threads_for_free_cores
+
 import keras_dstee
 
 
@@ -68,6 +70,7 @@ def main():
     args = parser.parse_args()
 
     start = time.time()
+    torch_threads_for_free_cores()  # on a busy machine, torch's threads wait on each other
     x_train, x_test, y_train, y_test = load_data(args.seed)
     print(f"Backend: {keras.backend.backend()}; digits: {len(x_train)} train, {len(x_test)} test")
 

@@ -53,11 +53,57 @@ def _accelerators():
     return list(range(torch.cuda.device_count()))
 
 
+def free_cores(seconds=0.25):
+    """How many of this process's cores other work leaves idle, measured
+    over `seconds` from /proc/stat (Linux); None where it can't be read."""
+    try:
+        cores = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+
+        def idle_and_total():
+            idle = total = 0
+            with open("/proc/stat") as f:
+                for line in f:
+                    name, *fields = line.split()
+                    if name in cores:
+                        values = [int(v) for v in fields[:8]]
+                        idle, total = idle + values[3] + values[4], total + sum(values)
+            return idle, total
+
+        idle0, total0 = idle_and_total()
+        time.sleep(seconds)
+        idle1, total1 = idle_and_total()
+    except (OSError, AttributeError, ValueError):
+        return None
+    return len(cores) * (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def torch_threads_for_free_cores():
+    """On torch, one intra-op thread per free core (at least one), unless the
+    user chose (OMP_NUM_THREADS / MKL_NUM_THREADS): torch starts one thread
+    per core, and on a busy machine they wait on each other. Measured: the
+    quickstart on a loaded 2-core machine took 458 s with torch's default
+    and ~20 s with one thread (issue 37). Says what it did."""
+    if keras.backend.backend() != "torch" or os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return
+    import torch
+
+    free = free_cores()
+    if free is None:
+        return
+    threads = max(1, min(torch.get_num_threads(), int(free + 0.5)))
+    if threads < torch.get_num_threads():
+        print(f"torch: {threads} thread(s), as {free:.1f} of {torch.get_num_threads()} cores are free "
+              "(set OMP_NUM_THREADS to choose)", flush=True)
+        torch.set_num_threads(threads)
+
+
 def configure(args):
     """Sets the dtype policy and the distribution; returns a function giving
-    the scope to build and compile the model in. `--smoke` splits the CPU into 2 devices
-    (TensorFlow) so the distributed path runs in CI; on JAX the test sets
-    `XLA_FLAGS=--xla_force_host_platform_device_count=2`."""
+    the scope to build and compile the model in. The tests run the
+    distributed path on CPU with two devices: `KERAS_DSTEE_CPU_DEVICES=2`
+    splits the CPU on TensorFlow, `XLA_FLAGS=--xla_force_host_platform_device_count=2`
+    on JAX."""
+    torch_threads_for_free_cores()
     policy = args.dtype_policy
     if policy == "auto":
         policy = "mixed_bfloat16" if _accelerators() else "float32"
@@ -89,9 +135,12 @@ def configure(args):
                 "hosts yet. Use JAX for several hosts (KERAS_DISTRIBUTION_* variables), or unset "
                 "TF_CONFIG."
             )
-        if not tf.config.list_physical_devices("GPU") and args.smoke:
+        split = int(os.environ.get("KERAS_DSTEE_CPU_DEVICES", "1"))
+        if not tf.config.list_physical_devices("GPU") and split > 1:
+            # Tests only: MirroredStrategy over logical CPUs is slow (a
+            # ResNet-50 smoke took 5 min), so a CPU run uses one device.
             cpu = tf.config.list_physical_devices("CPU")[0]
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * split)
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         else:
             devices = [d.name for d in tf.config.list_logical_devices("GPU")]

@@ -5,6 +5,7 @@ shows what it received, so a typo fails before `fit` touches the model.
 """
 
 import numbers
+import os
 
 
 def _fail(name, what, value):
@@ -77,3 +78,16 @@ def sparsity_map(value):
             _fail("distribution", "keyed by layer names or regular expressions", pattern)
         number(f"distribution[{pattern!r}]", sparsity, 0, 1, high_open=True)
     return dict(value)
+
+
+def keras_model(value, function):
+    """Refuses anything but a `keras.Model` given to `function`, saying what
+    to pass instead (a path: load it first)."""
+    import keras
+
+    if not isinstance(value, keras.Model):
+        hint = " Load the file first: `keras.saving.load_model(path)`." if isinstance(value, (str, os.PathLike)) else ""
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(
+            f"`{function}` takes a Keras model (`keras.Model`). Received: {type(value).__name__} {shown}.{hint}"
+        )

@@ -48,6 +48,7 @@ def recalibrate_batch_norm(model, x, batch_size=128, samples=2048):
         A dict: `layers` (names of the layers updated) and `batches`.
         Layers with `trainable=False` keep their statistics, as in `fit`.
     """
+    arguments.keras_model(model, "recalibrate_batch_norm")
     layers = _batch_norm_layers(model)
     # Batch statistics need 2 samples.
     batch_size = arguments.integer("batch_size", batch_size, 2)

@@ -67,12 +67,16 @@ def calibration_samples(data, input_shapes, limit=DEFAULT_SAMPLES, argument="rep
     Returns:
         A list of arrays, one per model input, each `(n, *sample_shape)`.
     """
+    if isinstance(data, (list, tuple)) and data and all(isinstance(v, (int, float)) for v in data):
+        data = np.asarray(data)  # plain numbers: an array, checked below
     if input_shapes is None:
         input_shapes = [(None,) * (np.ndim(_first_array(data, argument)) or 1)]
     count = len(input_shapes)
     if isinstance(data, np.ndarray) or (isinstance(data, list) and data and isinstance(data[0], np.ndarray)
                                         and count > 1 and len(data) == count):
-        arrays = _as_list(data, count, argument)
+        arrays = [_batched(a, shape, argument) for a, shape in zip(_as_list(data, count, argument), input_shapes)]
+        if len(arrays[0]) == 0:
+            raise ValueError(f"`{argument}` holds no samples: pass a few hundred input samples.")
         return [_check(a[:limit], shape, argument) for a, shape in zip(arrays, input_shapes)]
     if hasattr(data, "as_numpy_iterator"):
         data = data.as_numpy_iterator()
@@ -88,8 +92,7 @@ def calibration_samples(data, input_shapes, limit=DEFAULT_SAMPLES, argument="rep
         arrays = _as_list(_inputs_of(element), count, argument)
         if len(arrays) != count:
             raise ValueError(f"The model has {count} inputs, but an element of `{argument}` has {len(arrays)}.")
-        # A single sample has one axis fewer than the model's input.
-        arrays = [a[None] if a.ndim == len(shape) - 1 else a for a, shape in zip(arrays, input_shapes)]
+        arrays = [_batched(a, shape, argument) for a, shape in zip(arrays, input_shapes)]
         for part, a in zip(parts, arrays):
             part.append(a)
         taken += len(arrays[0])
@@ -98,6 +101,24 @@ def calibration_samples(data, input_shapes, limit=DEFAULT_SAMPLES, argument="rep
     if taken == 0:
         raise ValueError(f"`{argument}` yielded no samples.")
     return [_check(np.concatenate(part)[:limit], shape, argument) for part, shape in zip(parts, input_shapes)]
+
+
+def _batched(array, shape, argument):
+    """`array` with a batch axis: a single sample has one axis fewer than
+    the model's input."""
+    if array.ndim == len(shape) - 1:
+        return array[None]
+    if array.ndim != len(shape):
+        _wrong_shape(array, shape, argument)
+    return array
+
+
+def _wrong_shape(array, shape, argument):
+    sample = tuple(shape[1:])
+    raise ValueError(
+        f"`{argument}` must hold input samples of shape {sample} (batched: (n, *{sample})), "
+        f"but got an array of shape {array.shape}."
+    )
 
 
 def _first_array(data, argument):
@@ -112,11 +133,18 @@ def _first_array(data, argument):
 def _check(array, shape, argument):
     sample = tuple(shape[1:])
     if array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(sample, array.shape[1:])):
-        raise ValueError(
-            f"`{argument}` samples have shape {array.shape[1:]}, but the model's input takes {sample}."
-        )
+        _wrong_shape(array, shape, argument)
+    if not (np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)):
+        raise ValueError(f"`{argument}` must hold numbers, but its samples are of type {array.dtype}.")
     # Integer inputs (token ids) stay integers; images and features are float32.
-    return array if np.issubdtype(array.dtype, np.integer) else array.astype("float32")
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    array = array.astype("float32")
+    if not np.all(np.isfinite(array)):
+        # NaN or inf would set the int8 ranges: a file that agrees with nothing.
+        bad = int(np.sum(~np.all(np.isfinite(array.reshape(len(array), -1)), axis=1)))
+        raise ValueError(f"`{argument}` has {bad} sample(s) with NaN or inf values: pass finite inputs.")
+    return array
 
 
 def representative_dataset(samples):

@@ -424,12 +424,20 @@ class SparseTraining(keras.callbacks.Callback):
         what = "mask update(s)"
         if self.channel_begin is not None:
             what += f" removing channels (channel_begin={self.channel_begin})"
+        # Advice that can be followed: a smaller update_freq only where one
+        # reaches FEW_UPDATES (not when update_freq is already 1).
+        longer = "train longer (more epochs or steps)"
+        if self.end_step is not None or self.end < 1.0:
+            longer += f" or end the mask updates later ({self._end_text()})"
+        if freq < self.update_freq and _updates_between(first, last, freq) + final >= FEW_UPDATES:
+            advice = f"Use update_freq={freq}{' or lower' if freq > 1 else ''}, or {longer}"
+        else:
+            advice = f"No update_freq gives {FEW_UPDATES} in this run: {longer}"
         warnings.warn(
             f"{type(self).__name__} plans {count} {what} in this fit "
             f"({'an unknown number of' if total is None else total} optimizer steps; "
             f"update_freq={self.update_freq}; masks fixed after step {end - run_start}, "
-            f"{self._end_text()}): {effect}. Use update_freq={freq} or lower, or train "
-            "longer (README, \"Choosing the settings\").",
+            f"{self._end_text()}): {effect}. {advice} (docs/choosing-settings.md).",
             stacklevel=2,
         )
 

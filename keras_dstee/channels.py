@@ -24,6 +24,7 @@ import re
 import keras
 import numpy as np
 
+from keras_dstee import arguments
 from keras_dstee import host
 
 L = keras.layers
@@ -308,6 +309,7 @@ def _has_graph(model):
 def check_graph_model(model, what):
     """Refuses, saying what to do, a model whose graph can't be read: a
     subclassed or an unbuilt one."""
+    arguments.keras_model(model, what)
     if not _has_graph(model):
         raise ValueError(
             f"{what} needs a Functional or Sequential model, whose graph it can read; "

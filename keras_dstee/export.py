@@ -4,15 +4,12 @@ The kernels are physically zero, so a sparse model is a plain Keras model
 (`keras_dstee.strip` removes the training wrapper). TFLite
 conversion needs TensorFlow's graph: on the TensorFlow backend it runs in
 process; from JAX or PyTorch the model goes through its backend-neutral
-`.keras` file into a TensorFlow-backend subprocess.
+`.keras` file into a TensorFlow-backend process (`tensorflow_worker`).
 """
 
 import gzip
-import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import warnings
 
@@ -20,8 +17,11 @@ import keras
 import numpy as np
 
 from keras_dstee import activation_ranges as ranges_lib
+from keras_dstee import arguments
 from keras_dstee import calibration
+from keras_dstee import quiet
 from keras_dstee import slimming
+from keras_dstee import tensorflow_worker
 from keras_dstee import tflite_inspection
 from keras_dstee import tflite_rewrite
 from keras_dstee import tflite_runner
@@ -31,10 +31,52 @@ OPTIMIZE_FOR = ("size", "latency")
 IO_DTYPES = ("float32", "int8")
 
 
-def check_output_path(path):
+# What a file of each kind is named, so a path that names another kind is
+# refused before the conversion, not discovered after it.
+SUFFIXES = {".tflite": "TFLite", ".onnx": "ONNX", ".keras": "Keras", ".h5": "HDF5", ".npz": "NumPy", ".npy": "NumPy"}
+
+
+def check_output_path(path, suffix=None):
+    """Refuses, before any work, an output path that cannot be written: a
+    missing folder; for a file (`suffix`), an existing folder or a name of
+    another format (warns on an unknown suffix)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"`path` must be a file path (str). Received: {type(path).__name__} {path!r}")
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"The folder of the output path does not exist: {folder}")
+    if suffix is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"`path` is an existing folder: {path}. Give the {SUFFIXES[suffix]} file to write, e.g. "
+                         f"{os.path.join(path, 'model' + suffix)}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in SUFFIXES and ext != suffix:
+        raise ValueError(f"`path` ends in {ext!r}, the suffix of {SUFFIXES[ext]} files, but this writes a "
+                         f"{SUFFIXES[suffix]} file: name it with {suffix!r}.")
+    if ext and ext != suffix:
+        warnings.warn(f"Writing a {SUFFIXES[suffix]} file to {path}, whose suffix is not {suffix!r}.", stacklevel=3)
+
+
+def mark_called(model):
+    """Keras exports only a model that has been called; a freshly loaded one
+    has not. One call on zeros (batch 1) fixes that: at its inputs' shapes,
+    or a subclassed model's build shape."""
+    if getattr(model, "_called", False):
+        return
+    try:
+        specs = [(t.shape, t.dtype) for t in model.inputs]
+    except (AttributeError, ValueError):
+        shape = (model.get_build_config() or {}).get("input_shape")
+        if shape is None or not all(isinstance(d, (int, type(None))) for d in shape):
+            raise ValueError(
+                "This model has never been called and its input shape is unknown (a subclassed model): "
+                "call it once on a batch of inputs, then export."
+            ) from None
+        specs = [(shape, "float32")]
+    zeros = [np.zeros(tuple(1 if d is None else d for d in s), d) for s, d in specs]
+    model(zeros[0] if len(zeros) == 1 else zeros, training=False)
 
 
 def export_saved_model(model, path, slim=False):
@@ -53,13 +95,15 @@ def export_saved_model(model, path, slim=False):
     Returns:
         `path`.
     """
+    arguments.keras_model(model, "export_saved_model")
     check_output_path(path)
     if slim:
         model = slimming.slim(model)
     if keras.backend.backend() in ("tensorflow", "jax"):
-        model.export(path, format="tf_saved_model", verbose=False)
+        with quiet.quiet():
+            model.export(path, format="tf_saved_model", verbose=False)
         return path
-    run_in_tensorflow(model, ["--saved-model", path])
+    tensorflow_worker.run(model, "export_saved_model", path, {})
     return path
 
 
@@ -119,11 +163,12 @@ def export_tflite(
             and reads int8 outputs, with the scales in the file's input and
             output details); `"int8"` needs full-integer quantization.
         per_channel: full-integer int8 weights get one scale per output
-            channel (`True`, TFLite's default) or one per weight (`False`).
+            channel (`True`, TFLite's default) or one per weight tensor
+            (`False`).
             Per channel, every output channel stores a float32 scale for
             its weight and one for its bias: 16 % of a 98 %-sparse
             ResNet-50-CIFAR file (1.54 -> 1.29 MB, measured).
-            One scale per weight is coarser: measure the file's accuracy
+            One scale per weight tensor is coarser: measure the file's accuracy
             with `evaluate_tflite`.
         activation_ranges: the int8 range of each activation tensor in a
             full-integer file: `"minmax"`, TFLite's (the extremes over the
@@ -149,6 +194,7 @@ def export_tflite(
         written (`"minmax"` or `"mean over groups of g"`), and with `"auto"`
         `activation_range_scores`, each candidate's agreement.
     """
+    arguments.keras_model(model, "export_tflite")
     if quantize not in QUANTIZE:
         raise ValueError(f"`quantize` must be one of {QUANTIZE}. Received: quantize={quantize!r}")
     if optimize_for not in OPTIMIZE_FOR:
@@ -183,28 +229,29 @@ def export_tflite(
             "`per_channel=False` applies to full-integer int8: pass `quantize='int8'` and "
             "`representative_data` (a few hundred input samples)."
         )
-    check_output_path(path)
+    check_output_path(path, ".tflite")
     samples = None
     if representative_data is not None:
         samples = calibration.calibration_samples(representative_data, calibration.input_shapes(model))
     if slim:
         model = slimming.slim(model)
-    # The model's output on the calibration samples, predicted once: it
-    # scores the activation-range candidates and the file written.
-    expected = _expected_output(model, samples)
-    if keras.backend.backend() != "tensorflow":
-        flags = ["--tflite", path] + (["--dense"] if not sparse else [])
-        flags += ["--int8"] if quantize == "int8" else []
-        flags += ["--optimize-for", optimize_for, "--io-dtype", io_dtype]
-        flags += [] if per_channel else ["--per-tensor"]
-        flags += ["--activation-ranges", activation_ranges]
-        report = run_in_tensorflow(model, flags, samples)
-    else:
-        report = _export_tflite_here(
-            model, path, sparse, quantize, optimize_for, samples, io_dtype, per_channel, activation_ranges, expected
-        )
-    if expected is not None:
-        _check_agreement(path, samples, expected, report)
+    # TensorFlow's and TFLite's own log lines stay out of the user's output.
+    with quiet.quiet():
+        # The model's output on the calibration samples, predicted once: it
+        # scores the activation-range candidates and the file written.
+        expected = _expected_output(model, samples)
+        if keras.backend.backend() != "tensorflow":
+            options = {
+                "sparse": sparse, "quantize": quantize, "optimize_for": optimize_for, "io_dtype": io_dtype,
+                "per_channel": per_channel, "activation_ranges": activation_ranges,
+            }
+            report = tensorflow_worker.run(model, "export_tflite", path, options, samples)
+        else:
+            report = _export_tflite_here(
+                model, path, sparse, quantize, optimize_for, samples, io_dtype, per_channel, activation_ranges, expected
+            )
+        if expected is not None:
+            _check_agreement(path, samples, expected, report)
     if optimize_for == "latency" and report["accelerated"] == 0:
         reasons = sorted({f"{row['storage']}: {row['reason']}" for row in report["layers"]})
         warnings.warn(
@@ -391,23 +438,3 @@ def _converter(saved_model, sparse=False, quantize=None, samples=None, io_dtype=
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     return converter
-
-
-def run_in_tensorflow(model, flags, samples=None):
-    """Saves `model` to a `.keras` file and exports it from a TensorFlow
-    backend process (`keras-dstee export`), returning its JSON report;
-    calibration `samples` travel as an `.npz`."""
-    with tempfile.TemporaryDirectory() as folder:
-        source = os.path.join(folder, "model.keras")
-        model.save(source)
-        if samples is not None:
-            np.savez(os.path.join(folder, "samples.npz"), *samples)
-            flags = [*flags, "--representative-data", os.path.join(folder, "samples.npz")]
-        env = dict(os.environ, KERAS_BACKEND="tensorflow")
-        command = [sys.executable, "-m", "keras_dstee.cli", "export", source, *flags, "--json"]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(
-            "Export under the TensorFlow backend failed:\n" + result.stderr[-3000:]
-        )
-    return json.loads(result.stdout.strip().splitlines()[-1])

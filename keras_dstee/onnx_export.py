@@ -12,12 +12,15 @@ measured), so TensorFlow's route is the one that works for JAX models.
 
 import gzip
 import importlib.util
+import warnings
 
 import keras
-import numpy as np
 
+from keras_dstee import arguments
 from keras_dstee import export
+from keras_dstee import quiet
 from keras_dstee import slimming
+from keras_dstee import tensorflow_worker
 
 _NEEDS = {"tensorflow": ("onnx", "tf2onnx"), "jax": ("onnx", "tf2onnx"), "torch": ("onnx",)}
 
@@ -35,21 +38,18 @@ def _check_dependencies(backend):
         )
 
 
-def _mark_called(model):
-    """Keras exports only a model that has been called; a freshly loaded
-    one has not. One call on zeros (batch 1) fixes that."""
-    if getattr(model, "_called", False):
-        return
+def _input_signature(model):
+    """A one-input model's input named after its `InputLayer`, as the saved
+    model keeps it (`input_layer`), not after the tensor (`keras_tensor_4`,
+    a global counter's name, which a loaded or slimmed model does not
+    have): one file name for one model, however it was made. None (Keras's
+    own signature) otherwise."""
     try:
-        shapes = [tuple(1 if d is None else d for d in t.shape) for t in model.inputs]
-        dtypes = [t.dtype for t in model.inputs]
-    except (AttributeError, ValueError):
-        raise ValueError(
-            "This model has never been called and its input shape is unknown (a subclassed model): "
-            "call it once on a batch of inputs, then export."
-        ) from None
-    zeros = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
-    model(zeros[0] if len(zeros) == 1 else zeros, training=False)
+        (tensor,) = model.inputs
+        layer = tensor._keras_history.operation
+    except (AttributeError, ValueError, TypeError):
+        return None
+    return [keras.InputSpec(shape=tensor.shape, dtype=tensor.dtype, name=layer.name)]
 
 
 def export_onnx(model, path, slim=False, opset_version=None):
@@ -71,9 +71,10 @@ def export_onnx(model, path, slim=False, opset_version=None):
     Returns:
         A dict: `path`, `bytes`, `gzip_bytes`.
     """
+    arguments.keras_model(model, "export_onnx")
     backend = keras.backend.backend()
     _check_dependencies(backend)
-    export.check_output_path(path)
+    export.check_output_path(path, ".onnx")
     policy = model.dtype_policy.name
     if policy != "float32":
         raise ValueError(
@@ -83,10 +84,16 @@ def export_onnx(model, path, slim=False, opset_version=None):
     if slim:
         model = slimming.slim(model)
     if backend == "jax":
-        export.run_in_tensorflow(model, ["--onnx", path] + (["--opset", str(opset_version)] if opset_version else []))
+        tensorflow_worker.run(model, "export_onnx", path, {"opset_version": opset_version})
     else:
-        _mark_called(model)
-        model.export(path, format="onnx", verbose=False, opset_version=opset_version)
+        export.mark_called(model)
+        with quiet.quiet(), warnings.catch_warnings():
+            # tf2onnx's own check of a NumPy name, not the user's concern.
+            warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
+            model.export(
+                path, format="onnx", verbose=False, opset_version=opset_version,
+                input_signature=_input_signature(model),
+            )
     with open(path, "rb") as f:
         data = f.read()
     return {"path": path, "bytes": len(data), "gzip_bytes": len(gzip.compress(data))}

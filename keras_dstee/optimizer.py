@@ -401,8 +401,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             plan, self.channel_sparsity, self.min_channels, alive, shapes, begin=self.channel_begin
         )
         masked_positions = {k.index for k in self.kernels}
-        self.channel_variables = {p: var_list[p] for p in self.channels.positions}
-        for position, variable in self.channel_variables.items():
+        # (position, variable) pairs, not a dict: TensorFlow tracks the
+        # optimizer's attributes and cannot save a dict keyed by integers.
+        self.channel_variables = [(p, var_list[p]) for p in self.channels.positions]
+        for position, variable in self.channel_variables:
             if position not in masked_positions:
                 variable.constraint = channel_rules.ChannelConstraint(self.channels, position, variable.constraint)
 
@@ -602,7 +604,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         others = []
         if self.channels is not None:
             masked_positions = {k.index for k in kernels}
-            others = [(p, v) for p, v in self.channel_variables.items() if p not in masked_positions]
+            others = [(p, v) for p, v in self.channel_variables if p not in masked_positions]
             targets += [self.channels.alive] + [v for _, v in others]
         # A density schedule, and the channel schedule, reach their target
         # at `end_step` itself.
@@ -637,7 +639,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             values = [step, skipped]
             allowed, target, alive = [None] * len(kernels), [None] * len(kernels), None
             if self.channels is not None:
-                weights = {p: ops.convert_to_tensor(v) for p, v in self.channel_variables.items()}
+                weights = {p: ops.convert_to_tensor(v) for p, v in self.channel_variables}
                 base = [self._scheduled_target(k, step) for k in kernels]
                 alive, allowed, target = self.channels.update(
                     kernels, base, weights, step, self.start_step, self.end_step_variable

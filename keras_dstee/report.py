@@ -6,6 +6,7 @@ import re
 import keras
 import numpy as np
 
+from keras_dstee import arguments
 from keras_dstee import channel_sparsity
 from keras_dstee import channels
 from keras_dstee import host
@@ -120,6 +121,7 @@ def summary(model, input_shape=None, print_fn=None, optimizer=None):
         `from` says what `active` counts: `"masks"`, or `"zeros"` (exact
         zeros) when no `SparseOptimizer` is known.
     """
+    arguments.keras_model(model, "summary")
     print_fn = print_fn or print
     if optimizer is None:
         optimizer = find_sparse_optimizer(getattr(model, "optimizer", None))

@@ -113,6 +113,8 @@ def predict_tflite(path, x, batch_size=32, num_threads=None):
     xs = [np.asarray(a) for a in (x if isinstance(x, (list, tuple)) else [x])]
     if len(xs) != len(inputs):
         raise ValueError(f"The file takes {len(inputs)} inputs; received {len(xs)} arrays.")
+    for detail, a in zip(inputs, xs):
+        _check_sample_shape(detail, a)
     outputs = []
     resized = None
     for start in range(0, len(xs[0]), batch_size):
@@ -128,6 +130,20 @@ def predict_tflite(path, x, batch_size=32, num_threads=None):
         detail = interpreter.get_output_details()[0]
         outputs.append(_from_output(interpreter.get_tensor(detail["index"]), detail))
     return np.concatenate(outputs)
+
+
+def _check_sample_shape(detail, array):
+    """Refuses samples whose shape differs from the file's input where the
+    file fixes it: the interpreter would resize the graph and compute an
+    answer for inputs the model never took."""
+    signature = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+    fixed = tuple(None if d < 0 else d for d in signature[1:])
+    sample = array.shape[1:]
+    if len(sample) != len(fixed) or any(f is not None and f != s for f, s in zip(fixed, sample)):
+        raise ValueError(
+            f"The file's input {detail['name']!r} takes samples of shape {fixed} (None: any size), "
+            f"but `x` has samples of shape {tuple(sample)}."
+        )
 
 
 def class_agreement(path, x, expected):

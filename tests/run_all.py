@@ -76,9 +76,17 @@ def _print_log(log):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False,
+        epilog="Any other argument goes to pytest (e.g. tests/test_saving.py -k resume).",
+    )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="pytest processes side by side (default: one per CPU core)")
     options, args = parser.parse_known_args(argv)
+    if options.help:
+        parser.print_help()
+        return 0
     if options.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {options.jobs}")
     if args:  # the user's selection: one process per backend

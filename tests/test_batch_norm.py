@@ -77,7 +77,8 @@ def test_frozen_layers_keep_their_statistics(data):
 @pytest.mark.parametrize(
     "build, x, kwargs, words",
     [
-        (_model, np.zeros((8, 5, 5, 3), "float32"), {}, r"`x` samples have shape \(5, 5, 3\)"),
+        (_model, np.zeros((8, 5, 5, 3), "float32"), {}, r"`x` must hold input samples of shape \(8, 8, 3\).*\(8, 5, 5, 3\)"),
+        (_model, np.full((8, 8, 8, 3), np.nan, "float32"), {}, "8 sample\\(s\\) with NaN or inf"),
         (_model, "images", {}, "`x` must be a NumPy array"),
         (_model, np.zeros((8, 8, 8, 3), "float32"), {"batch_size": 1}, "batch_size"),
         (_model, np.zeros((8, 8, 8, 3), "float32"), {"samples": 0}, "samples"),

@@ -28,9 +28,9 @@ backend_independent = pytest.mark.skipif(BACKEND != "jax", reason="the same on e
 
 def _environment(**extra):
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), **extra)
-    # Two host devices, so `--distribute auto` runs its distributed path
-    # (TensorFlow splits the CPU itself under --smoke).
+    # Two host devices, so `--distribute auto` runs its distributed path.
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["KERAS_DSTEE_CPU_DEVICES"] = "2"
     return env
 
 
@@ -228,7 +228,7 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path):
 
 @needs_data
 # On jax and torch every TFLite file (on jax the ONNX file too) comes from the
-# same TensorFlow subprocess (`export.run_in_tensorflow`); torch writes ONNX
+# same TensorFlow process (`tensorflow_worker.run`); torch writes ONNX
 # its own way.
 @pytest.mark.skipif(BACKEND == "jax", reason="the jax export path is torch's (a TensorFlow subprocess): runs on tensorflow and torch")
 def test_deploy_example(tmp_path):

@@ -59,8 +59,10 @@ def _plans(caught):
         (lambda: keras_dstee.Static(), None),  # never updates, by design
         # Channels go at `end` too: the announced update is that one.
         (lambda: keras_dstee.Static(channel_sparsity=0.3, update_freq=10), "plans 1 mask update(s)"),
+        # Already every step: the advice is a longer run or a later end, not update_freq.
+        (lambda: keras_dstee.DSTEE(update_freq=1, end=0.25), "plans 1 mask update(s)"),
     ],
-    ids=["none", "two", "gmp_end_only", "enough", "static", "static_channels_end_only"],
+    ids=["none", "two", "gmp_end_only", "enough", "static", "static_channels_end_only", "every_step_already"],
 )
 def test_short_runs_warn_how_many_mask_updates_they_make(data, callback, expected):
     x, y = data  # 8 steps per epoch; masks fixed after step 6
@@ -73,7 +75,11 @@ def test_short_runs_warn_how_many_mask_updates_they_make(data, callback, expecte
         assert _plans(caught) == []
         return
     (message,) = _plans(caught)
-    assert expected in message and "update_freq=1 or lower" in message
+    assert expected in message
+    if callback.update_freq == 1:
+        assert "No update_freq gives 5 in this run: train longer" in message and "(end=0.25)" in message
+    else:
+        assert "Use update_freq=1, or train longer" in message and "or lower" not in message
     updates = int(to_numpy(callback.optimizer.last_update)) // max(callback.update_freq, 1)
     # What it announced is what happened: the last update's step says how many.
     at_end_only = isinstance(callback, keras_dstee.GMP) or callback.channel_sparsity > 0
