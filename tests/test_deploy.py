@@ -164,7 +164,7 @@ def test_calibration_samples_from_every_kind_of_data():
         assert len(samples) == 1, kind
         np.testing.assert_array_equal(samples[0], expected, err_msg=kind)
     for data, message in [
-        (np.zeros((4, 8, 8, 1), "float32"), r"shape \(8, 8, 1\)"),
+        (np.zeros((4, 8, 8, 1), "float32"), r"shape \(8, 8, 3\).*\(4, 8, 8, 1\)"),
         ((v for v in []), "no samples"),
         (3.0, "NumPy array, a tf.data.Dataset or a generator"),
     ]:
