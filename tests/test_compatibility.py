@@ -1,7 +1,10 @@
-"""A `.keras` file written by release 0.1 (method as a string, DST-EE's
-settings on the optimizer config, densities by position with 1.0 for every
-dense variable) loads with its sparse state and resumes as 0.1 resumed it.
-The file and the 0.1 results come from `tests/data/make_v0_1_checkpoint.py`."""
+"""Releases stay compatible. A `.keras` file written by release 0.1 (method
+as a string, DST-EE's settings on the optimizer config, densities by
+position with 1.0 for every dense variable) loads with its sparse state and
+resumes as 0.1 resumed it (`tests/data/make_v0_1_checkpoint.py`). Every
+method trains the masks 0.2.0 trained, bit for bit, for the same seed, and
+a 0.2.0 file with channel state resumes as 0.2.0 resumed it
+(`tests/data/make_v0_2_reference.py`)."""
 
 import os
 import sys
@@ -16,6 +19,7 @@ import keras_dstee
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "data"))
 import make_v0_1_checkpoint as v0_1  # noqa: E402
+import make_v0_2_reference as v0_2  # noqa: E402
 
 sys.path.pop(0)
 
@@ -53,6 +57,32 @@ def test_a_0_1_checkpoint_resumes_as_0_1_did():
 def _saved_mask(index):
     model = keras.saving.load_model(v0_1.CHECKPOINT)
     return keras.ops.convert_to_numpy(model.optimizer.kernels[index].mask)
+
+
+def _assert_same_state(got, expected, prefix):
+    assert sorted(got) == sorted(k for k in expected.files if k.startswith(prefix + "/"))
+    for key in got:
+        if "/weight_" in key:
+            # Written on another machine: float kernels may round differently.
+            np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-5, err_msg=key)
+        else:  # masks, counters, channel flags, the step: exact
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+@pytest.mark.parametrize("run", sorted(v0_2.RUNS))
+def test_masks_are_those_0_2_0_trained(run):
+    expected = np.load(os.path.join(HERE, "data", f"v0_2_reference_{BACKEND}.npz"))
+    model = v0_2.model()
+    v0_2.fit(model, v0_2.RUNS[run]())
+    _assert_same_state(v0_2.state(model, run), expected, run)
+
+
+def test_a_0_2_0_file_with_channel_state_resumes_as_0_2_0_did():
+    expected = np.load(os.path.join(HERE, "data", f"v0_2_reference_{BACKEND}.npz"))
+    model = keras.saving.load_model(v0_2.CHECKPOINT)
+    assert model.optimizer.channels is not None
+    v0_2.fit(model, v0_2.RUNS["dstee_channels"](), initial_epoch=2)
+    _assert_same_state(v0_2.state(model, "resumed"), expected, "resumed")
 
 
 @pytest.fixture(autouse=True)
