@@ -14,7 +14,7 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 stray = [n for n in names if n.split("/")[0] in ("tests", "benchmarks", "examples", ".ci")]
 assert not stray, f"the wheel holds files that are not the library: {stray[:5]}"
-assert "keras_dstee/optimizer.py" in names and any(n.endswith("licenses/LICENSE") for n in names), names
+assert "keras_dstee/training/optimizer.py" in names and any(n.endswith("licenses/LICENSE") for n in names), names
 print(f"wheel: {sys.argv[1].rsplit('/', 1)[-1]}, {len(names)} files, library and LICENSE only")
 PY
 python -m venv "$work/venv"

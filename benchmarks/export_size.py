@@ -76,7 +76,7 @@ def with_half_the_channels(sparsity):
     short run of DST-EE on random inputs, its kernels then set back to their
     initial values inside the final masks (as the rows without channels: a
     short run leaves late-grown weights near 0, which int8 rounds away)."""
-    from keras_dstee.optimizer import find_sparse_optimizer
+    from keras_dstee.training.optimizer import find_sparse_optimizer
 
     keras.utils.set_random_seed(0)
     model = keras_dstee.models.resnet50_cifar(10)

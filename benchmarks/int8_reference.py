@@ -25,7 +25,7 @@ from common import CIFAR10
 from common import load_cifar10
 
 import keras_dstee
-from keras_dstee import export
+from keras_dstee.deploy import export
 
 
 def plain_tflite(model, folder, calibration):

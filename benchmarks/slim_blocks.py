@@ -24,7 +24,7 @@ from common import RESULTS
 from inference_latency import alternated_latency
 
 import keras_dstee
-from keras_dstee import slimming
+from keras_dstee.structure import slimming
 
 
 def block_sparse_mlp():

@@ -184,7 +184,7 @@ def alternated_latency(runners, runs, warmup=10):
 
 
 def tflite_call(path, sample):
-    from keras_dstee.tflite_runner import open_interpreter
+    from keras_dstee.deploy.tflite_runner import open_interpreter
 
     interpreter = open_interpreter(path, num_threads=1)
     interpreter.allocate_tensors()

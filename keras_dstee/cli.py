@@ -55,7 +55,7 @@ def _samples(path):
     inputs), or one array, or None."""
     if not path:
         return None
-    from keras_dstee import calibration
+    from keras_dstee.deploy import calibration
 
     samples = calibration.load_samples(path)
     return samples[0] if len(samples) == 1 else samples
@@ -155,13 +155,13 @@ def _check_export_flags(parser, args):
 def _export(parser, args):
     # The optimizer plays no part in an export (and may be a custom class).
     model = _load(parser, args.model, compile=False)
-    from keras_dstee import export as export_lib
+    from keras_dstee.deploy import export as export_lib
 
     report = {}
     if args.saved_model:
         report["saved_model"] = export_lib.export_saved_model(model, args.saved_model, slim=args.slim)
     if args.onnx:
-        from keras_dstee import onnx_export
+        from keras_dstee.deploy import onnx_export
 
         report["onnx"] = onnx_export.export_onnx(model, args.onnx, slim=args.slim, opset_version=args.opset)
     if args.tflite:

@@ -7,11 +7,11 @@ import keras
 import numpy as np
 
 from keras_dstee import arguments
-from keras_dstee import channel_sparsity
-from keras_dstee import channels
 from keras_dstee import host
 from keras_dstee.layers import layer_prunable_weights
-from keras_dstee.optimizer import find_sparse_optimizer
+from keras_dstee.structure import channels
+from keras_dstee.training import channel_sparsity
+from keras_dstee.training.optimizer import find_sparse_optimizer
 
 
 def _record_call_shapes(model, prunable_layers, input_shape):

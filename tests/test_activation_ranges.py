@@ -10,8 +10,8 @@ from helpers import only_on
 from helpers import to_numpy
 
 import keras_dstee
-from keras_dstee import activation_ranges
-from keras_dstee import tflite_runner
+from keras_dstee.deploy import activation_ranges
+from keras_dstee.deploy import tflite_runner
 
 pytest.importorskip("ai_edge_litert.interpreter")
 

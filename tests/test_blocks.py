@@ -13,7 +13,7 @@ from helpers import sparse_optimizer
 from helpers import to_numpy
 
 import keras_dstee
-from keras_dstee import updates
+from keras_dstee.training import updates
 
 BLOCK = (4, 1)
 

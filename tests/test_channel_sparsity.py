@@ -18,7 +18,7 @@ from test_channels import vgg_style
 from test_saving import StopAfter
 
 import keras_dstee
-from keras_dstee import channel_sparsity
+from keras_dstee.training import channel_sparsity
 
 STYLES = {"vgg": vgg_style, "resnet": resnet_style, "densenet": densenet_style}
 

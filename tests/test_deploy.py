@@ -14,10 +14,10 @@ from helpers import small_cnn
 from helpers import to_numpy
 
 import keras_dstee
-from keras_dstee import calibration
 from keras_dstee import cli
-from keras_dstee import tflite_rewrite
-from keras_dstee import tflite_runner
+from keras_dstee.deploy import calibration
+from keras_dstee.deploy import tflite_rewrite
+from keras_dstee.deploy import tflite_runner
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 BACKEND = keras.backend.backend()
@@ -363,7 +363,7 @@ def test_sparse_indices_take_the_narrowest_axis(tmp_path, quantize):
     values, and the outputs stay bit-identical in both interpreters."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    from keras_dstee import export
+    from keras_dstee.deploy import export
 
     model = _wide_to_narrow_conv()
     x = np.random.default_rng(0).normal(size=(64, 4, 4, 8)).astype("float32")

@@ -6,8 +6,8 @@ import keras
 import pytest
 
 import keras_dstee
-from keras_dstee.distributions import active_count
-from keras_dstee.distributions import kernel_densities
+from keras_dstee.training.distributions import active_count
+from keras_dstee.training.distributions import kernel_densities
 
 SHAPES = [(3, 3, 3, 64), (3, 3, 64, 64), (3, 3, 64, 128), (1, 1, 64, 128), (2048, 10)]
 

@@ -15,7 +15,7 @@ from helpers import sparse_optimizer
 from helpers import to_numpy
 
 import keras_dstee
-from keras_dstee import methods
+from keras_dstee.training import methods
 
 
 def _fit(data, callback, epochs=2):

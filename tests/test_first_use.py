@@ -18,9 +18,9 @@ from helpers import only_on
 from helpers import to_numpy
 
 import keras_dstee
-from keras_dstee import calibration
 from keras_dstee import cli
-from keras_dstee import tflite_runner
+from keras_dstee.deploy import calibration
+from keras_dstee.deploy import tflite_runner
 
 pytest.importorskip("ai_edge_litert.interpreter")
 BACKEND = keras.backend.backend()

@@ -8,8 +8,8 @@ from helpers import compile_model
 from helpers import only_on
 
 import keras_dstee
-from keras_dstee.distributions import active_count
 from keras_dstee.layers import prunable_variables
+from keras_dstee.training.distributions import active_count
 
 L = keras.layers
 

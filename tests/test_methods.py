@@ -12,7 +12,7 @@ from helpers import small_cnn
 from helpers import sparse_optimizer
 
 import keras_dstee
-from keras_dstee import methods
+from keras_dstee.training import methods
 
 
 # The README's example, as written there.

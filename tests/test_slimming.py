@@ -14,7 +14,7 @@ from test_channels import resnet_style
 from test_channels import vgg_style
 
 import keras_dstee
-from keras_dstee import slimming
+from keras_dstee.structure import slimming
 
 STYLES = {
     "vgg": (vgg_style, (8, 8, 3)),

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dstee import updates
+from keras_dstee.training import updates
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -29,7 +29,7 @@ import keras
 from keras import ops
 
 from keras_dstee import arguments
-from keras_dstee import updates
+from keras_dstee.training import updates
 
 _REGISTRY = {}
 

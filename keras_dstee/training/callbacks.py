@@ -10,17 +10,17 @@ import warnings
 import keras
 
 from keras_dstee import arguments
-from keras_dstee import blocks
-from keras_dstee import channel_sparsity as channel_rules
-from keras_dstee import channels
-from keras_dstee import methods
-from keras_dstee import wrapping
-from keras_dstee.distributions import DISTRIBUTIONS
-from keras_dstee.distributions import layer_densities
-from keras_dstee.optimizer import INITIAL_MASKS
-from keras_dstee.optimizer import active_positions
-from keras_dstee.optimizer import find_sparse_optimizer
-from keras_dstee.optimizer import resolve_rescale
+from keras_dstee.structure import channels
+from keras_dstee.training import blocks
+from keras_dstee.training import channel_sparsity as channel_rules
+from keras_dstee.training import methods
+from keras_dstee.training import wrapping
+from keras_dstee.training.distributions import DISTRIBUTIONS
+from keras_dstee.training.distributions import layer_densities
+from keras_dstee.training.optimizer import INITIAL_MASKS
+from keras_dstee.training.optimizer import active_positions
+from keras_dstee.training.optimizer import find_sparse_optimizer
+from keras_dstee.training.optimizer import resolve_rescale
 
 
 def _strategy_name(tf, strategy):

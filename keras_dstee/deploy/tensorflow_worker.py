@@ -55,7 +55,7 @@ def _backend():
     return f"the {keras.backend.backend()} backend"
 
 
-_ENTRY = "import sys; from keras_dstee import tensorflow_worker as w; sys.exit(w.main(sys.argv[1:]))"
+_ENTRY = "import sys; from keras_dstee.deploy import tensorflow_worker as w; sys.exit(w.main(sys.argv[1:]))"
 
 
 def run(model, function, path, options, samples=None):
@@ -99,8 +99,8 @@ def _load(request):
     import keras
 
     import keras_dstee  # noqa: F401  (registers the library's classes)
-    from keras_dstee import calibration
-    from keras_dstee.export import mark_called
+    from keras_dstee.deploy import calibration
+    from keras_dstee.deploy.export import mark_called
 
     custom_objects = {}
     for module, qualname in request["classes"]:

@@ -23,8 +23,8 @@ accuracy 18.9 %, Keras 31.6 %) and on 86 % with the means over groups of 4
 
 import numpy as np
 
-from keras_dstee import tflite_rewrite
-from keras_dstee import tflite_runner
+from keras_dstee.deploy import tflite_rewrite
+from keras_dstee.deploy import tflite_runner
 
 ACTIVATION_RANGES = ("auto", "minmax")
 # Group sizes of the clipped candidates, the least clipping first: a tie

@@ -12,15 +12,15 @@ from keras import ops
 from keras.src.utils import tracking
 
 from keras_dstee import arguments
-from keras_dstee import blocks
-from keras_dstee import channel_sparsity as channel_rules
-from keras_dstee import control
 from keras_dstee import host
-from keras_dstee import methods
-from keras_dstee import updates
-from keras_dstee.constraints import MaskConstraint
-from keras_dstee.constraints import masked
-from keras_dstee.distributions import active_count
+from keras_dstee.training import blocks
+from keras_dstee.training import channel_sparsity as channel_rules
+from keras_dstee.training import control
+from keras_dstee.training import methods
+from keras_dstee.training import updates
+from keras_dstee.training.constraints import MaskConstraint
+from keras_dstee.training.constraints import masked
+from keras_dstee.training.distributions import active_count
 
 #: How the initial masks are chosen: at random (training from scratch) or
 #: by weight magnitude (sparsifying a pretrained model).

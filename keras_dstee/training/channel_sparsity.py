@@ -29,9 +29,9 @@ import numpy as np
 from keras import ops
 
 from keras_dstee import arguments
-from keras_dstee import channels
-from keras_dstee import updates
-from keras_dstee.constraints import MaskConstraint
+from keras_dstee.structure import channels
+from keras_dstee.training import updates
+from keras_dstee.training.constraints import MaskConstraint
 
 ROLES = ("producer", "follower", "consumer")
 

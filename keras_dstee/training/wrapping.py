@@ -4,9 +4,9 @@ taking it off again, side by side (as tfmot keeps `prune_low_magnitude` and
 
 import contextlib
 
-from keras_dstee.constraints import MaskConstraint
-from keras_dstee.optimizer import SparseOptimizer
-from keras_dstee.optimizer import find_sparse_optimizer
+from keras_dstee.training.constraints import MaskConstraint
+from keras_dstee.training.optimizer import SparseOptimizer
+from keras_dstee.training.optimizer import find_sparse_optimizer
 
 
 def wrap(model, inner_optimizer, densities, **settings):

@@ -13,7 +13,7 @@ int8 files the sparse FullyConnected kernel takes 1x16 blocks only, and
 import math
 import re
 
-from keras_dstee import tflite_runner
+from keras_dstee.deploy import tflite_runner
 
 # Ops that take a weight tensor as their second input.
 _WEIGHT_OPS = (

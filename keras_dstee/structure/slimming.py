@@ -16,8 +16,8 @@ block-sparse: cutting inside a block would split every block it touches
 import keras
 import numpy as np
 
-from keras_dstee import channels
 from keras_dstee import host
+from keras_dstee.structure import channels
 
 # The config key that sets a producing layer's number of output channels.
 WIDTH_KEYS = {

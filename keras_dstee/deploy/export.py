@@ -16,15 +16,15 @@ import warnings
 import keras
 import numpy as np
 
-from keras_dstee import activation_ranges as ranges_lib
 from keras_dstee import arguments
-from keras_dstee import calibration
-from keras_dstee import quiet
-from keras_dstee import slimming
-from keras_dstee import tensorflow_worker
-from keras_dstee import tflite_inspection
-from keras_dstee import tflite_rewrite
-from keras_dstee import tflite_runner
+from keras_dstee.deploy import activation_ranges as ranges_lib
+from keras_dstee.deploy import calibration
+from keras_dstee.deploy import quiet
+from keras_dstee.deploy import tensorflow_worker
+from keras_dstee.deploy import tflite_inspection
+from keras_dstee.deploy import tflite_rewrite
+from keras_dstee.deploy import tflite_runner
+from keras_dstee.structure import slimming
 
 QUANTIZE = (None, "int8")
 OPTIMIZE_FOR = ("size", "latency")

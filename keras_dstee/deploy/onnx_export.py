@@ -17,10 +17,10 @@ import warnings
 import keras
 
 from keras_dstee import arguments
-from keras_dstee import export
-from keras_dstee import quiet
-from keras_dstee import slimming
-from keras_dstee import tensorflow_worker
+from keras_dstee.deploy import export
+from keras_dstee.deploy import quiet
+from keras_dstee.deploy import tensorflow_worker
+from keras_dstee.structure import slimming
 
 _NEEDS = {"tensorflow": ("onnx", "tf2onnx"), "jax": ("onnx", "tf2onnx"), "torch": ("onnx",)}
 

@@ -21,7 +21,7 @@ import copy
 
 import numpy as np
 
-from keras_dstee import tflite_runner
+from keras_dstee.deploy import tflite_runner
 
 
 def _schema():
