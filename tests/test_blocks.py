@@ -13,7 +13,7 @@ from helpers import sparse_optimizer
 from helpers import to_numpy
 
 import keras_dstee
-from keras_dstee.training import updates
+from keras_dstee.training import schedule
 
 BLOCK = (4, 1)
 
@@ -119,7 +119,7 @@ def test_one_update_drops_by_block_l1_and_grows_by_block_gradient(method):
     grid = block_grid(mask_before, BLOCK)
     active_blocks = int(grid.sum())
     assert active_blocks == 16  # half of the 4x8 blocks
-    fraction = float(to_numpy(updates.drop_fraction_at(20, 0, 100, 0.5)))
+    fraction = float(to_numpy(schedule.drop_fraction_at(20, 0, 100, 0.5)))
     count = math.ceil(fraction * active_blocks)
     keep = _block_sums(np.abs(weight), BLOCK)
     dropped = grid.copy()

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_dstee.training import schedule
 from keras_dstee.training import updates
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +47,7 @@ def test_zero_updates_change_nothing():
 
 
 def test_drop_fraction_cosine_schedule():
-    value = lambda t: float(keras.ops.convert_to_numpy(updates.drop_fraction_at(t, 100, 300, 0.3)))
+    value = lambda t: float(keras.ops.convert_to_numpy(schedule.drop_fraction_at(t, 100, 300, 0.3)))
     assert value(100) == pytest.approx(0.3)
     assert value(200) == pytest.approx(0.15)
     assert value(250) == pytest.approx(0.15 * (1 + math.cos(0.75 * math.pi)))

@@ -14,11 +14,12 @@ from keras_dstee.structure import channels
 from keras_dstee.training import blocks
 from keras_dstee.training import channel_sparsity as channel_rules
 from keras_dstee.training import methods
+from keras_dstee.training import schedule
 from keras_dstee.training import wrapping
 from keras_dstee.training.distributions import DISTRIBUTIONS
 from keras_dstee.training.distributions import layer_densities
+from keras_dstee.training.kernels import active_positions
 from keras_dstee.training.optimizer import INITIAL_MASKS
-from keras_dstee.training.optimizer import active_positions
 from keras_dstee.training.optimizer import find_sparse_optimizer
 from keras_dstee.training.optimizer import resolve_rescale
 
@@ -261,13 +262,9 @@ class SparseTraining(keras.callbacks.Callback):
         """`(begin, end)`: optimizer steps of this `fit` until the mask
         updates start and until the masks stay fixed; None when `fit` can't
         tell how long it runs and `end_step` is not given."""
-        if self.end_step is not None:
-            return round(self.begin * self.end_step), self.end_step
-        steps = self.params.get("steps")
-        if not steps:
-            return None
-        total = steps * self.params["epochs"]
-        return round(self.begin * total), max(1, round(self.end * total))
+        return schedule.planned_steps(
+            self.begin, self.end, self.end_step, self.params.get("steps"), self.params.get("epochs")
+        )
 
     def _unknown_length_message(self):
         return (
@@ -374,7 +371,7 @@ class SparseTraining(keras.callbacks.Callback):
         if self.channel_begin is None:
             return 0.0
         end = 1.0 if self.end_step is not None else self.end
-        return (self.channel_begin - self.begin) / (end - self.begin)
+        return schedule.fraction_of_schedule(self.channel_begin, self.begin, end)
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._schedule_pending:
@@ -391,7 +388,7 @@ class SparseTraining(keras.callbacks.Callback):
         run_start = step - epoch * (steps or 0)
         begin, end = self._schedule
         self.optimizer.set_schedule(run_start + begin, run_start + end)
-        if self.optimizer._changes_masks:
+        if self.optimizer.changes_masks:
             total = steps * self.params["epochs"] if steps else None
             # With `channel_begin`, the updates that count are those removing channels.
             first = begin + round(self._channel_begin_in_schedule() * (end - begin))
@@ -404,20 +401,24 @@ class SparseTraining(keras.callbacks.Callback):
         training is static."""
         first = max(start, step + 1)
         last = end - 1 if total is None else min(end - 1, run_start + total)
-        # A pruning method, and channel removal, also update at `end` itself.
-        prunes = self.method.initial_sparsity is not None or self.channel_sparsity > 0
-        final = int(prunes and first <= end and (total is None or end <= run_start + total))
-        count = _updates_between(first, last, self.update_freq) + final
-        if count >= FEW_UPDATES:
+        pruning = self.method.initial_sparsity is not None
+        at_end = schedule.updates_at_end(pruning, self.channel_sparsity)
+        run_end = None if total is None else run_start + total
+
+        def planned(freq):
+            return schedule.planned_updates(first, last, end, freq, at_end, run_end)
+
+        count = planned(self.update_freq)
+        if count >= schedule.FEW_UPDATES:
             return
-        freq = max(1, (last - first + 1) // FEW_UPDATES)
-        while freq > 1 and _updates_between(first, last, freq) + final < FEW_UPDATES:
+        freq = max(1, (last - first + 1) // schedule.FEW_UPDATES)
+        while freq > 1 and planned(freq) < schedule.FEW_UPDATES:
             freq -= 1
         if count == 0:
             effect = "the masks never change: this is static sparse training"
-        elif self.method.initial_sparsity is not None:
+        elif pruning:
             effect = "the sparsity jumps in a few steps instead of rising gradually"
-        elif prunes:
+        elif at_end:
             effect = "the channels go in a few steps instead of gradually"
         else:
             effect = "too few for the masks to explore"
@@ -429,10 +430,10 @@ class SparseTraining(keras.callbacks.Callback):
         longer = "train longer (more epochs or steps)"
         if self.end_step is not None or self.end < 1.0:
             longer += f" or end the mask updates later ({self._end_text()})"
-        if freq < self.update_freq and _updates_between(first, last, freq) + final >= FEW_UPDATES:
+        if freq < self.update_freq and planned(freq) >= schedule.FEW_UPDATES:
             advice = f"Use update_freq={freq}{' or lower' if freq > 1 else ''}, or {longer}"
         else:
-            advice = f"No update_freq gives {FEW_UPDATES} in this run: {longer}"
+            advice = f"No update_freq gives {schedule.FEW_UPDATES} in this run: {longer}"
         warnings.warn(
             f"{type(self).__name__} plans {count} {what} in this fit "
             f"({'an unknown number of' if total is None else total} optimizer steps; "
@@ -483,18 +484,9 @@ class SparseTraining(keras.callbacks.Callback):
         return channel_rules.live_fraction(self._groups, self.optimizer)
 
 
-# Fewer mask updates than this in one `fit` get a warning.
-FEW_UPDATES = 5
-
-
-def _updates_between(first, last, freq):
-    """How many multiples of `freq` lie in [first, last]."""
-    return max(0, last // freq - (first - 1) // freq)
-
-
 def _schedule_is_over(optimizer):
     step = int(keras.ops.convert_to_numpy(optimizer.step))
-    return step >= int(keras.ops.convert_to_numpy(optimizer.end_step_variable))
+    return schedule.is_over(step, int(keras.ops.convert_to_numpy(optimizer.end_step_variable)))
 
 
 def _budget_text(budget):

@@ -30,6 +30,7 @@ from keras import ops
 
 from keras_dstee import arguments
 from keras_dstee.structure import channels
+from keras_dstee.training import schedule
 from keras_dstee.training import updates
 from keras_dstee.training.constraints import MaskConstraint
 
@@ -299,11 +300,7 @@ class ChannelState:
         dense_size = ops.convert_to_tensor(np.maximum(self.dense_size, 1.0))
         score = self._per_channel(self._kernel_axes("producer"), magnitude) / dense_size
         score = score[:total]
-        # The cubic schedule of removed channels.
-        progress = updates.progress_at(step, start, end)
-        if self.begin > 0:
-            progress = ops.clip((progress - self.begin) / (1.0 - self.begin), 0.0, 1.0)
-        goal = ops.round(self.channel_sparsity * total * (1.0 - (1.0 - progress) ** 3))
+        goal = schedule.removed_channels(step, start, end, self.channel_sparsity, total, self.begin)
         wanted = ops.cast(ops.maximum(goal - (total - ops.sum(alive)), 0.0), "int32")
         eligible = self._eligible(alive, score)
         left, _ = updates.drop_and_grow(score, eligible, None, wanted, total, 0, 0)

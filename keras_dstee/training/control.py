@@ -140,3 +140,14 @@ def _cross_replica_cond_assign(strategy, predicate, compute, targets, grads):
         strategy.extended.update(anchor, on_device, args=tuple(reduced), group=False)
 
     ops.cond(predicate(), update, lambda: None)
+
+
+def eager_torch():
+    """Whether steps run eagerly on torch, where the host can keep the step
+    count itself instead of reading it from the device each step (a
+    synchronisation on a GPU). Under torch.compile it cannot."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return not torch.compiler.is_compiling()

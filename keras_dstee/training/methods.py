@@ -29,6 +29,7 @@ import keras
 from keras import ops
 
 from keras_dstee import arguments
+from keras_dstee.training import schedule
 from keras_dstee.training import updates
 
 _REGISTRY = {}
@@ -162,7 +163,7 @@ class DSTEE(RigL):
     def grow_scores(self, weight, grad, counter, step, seed, progress=None):
         scale = 1.0
         if self.bonus_decay == "cosine" and progress is not None:
-            scale = updates.cosine_decay(progress)
+            scale = schedule.cosine_decay(progress)
         return updates.grow_scores(
             grad, counter, step, self.exploration, self.epsilon, self.normalize_gradients, scale
         )

@@ -1,9 +1,7 @@
 """`SparseOptimizer`: owns the masks and updates them inside the step."""
 
-import dataclasses
 import inspect
 import math
-import numbers
 import warnings
 
 import keras
@@ -14,13 +12,14 @@ from keras.src.utils import tracking
 from keras_dstee import arguments
 from keras_dstee import host
 from keras_dstee.training import blocks
+from keras_dstee.training import budget
 from keras_dstee.training import channel_sparsity as channel_rules
 from keras_dstee.training import control
+from keras_dstee.training import mask_update
 from keras_dstee.training import methods
-from keras_dstee.training import updates
-from keras_dstee.training.constraints import MaskConstraint
-from keras_dstee.training.constraints import masked
-from keras_dstee.training.distributions import active_count
+from keras_dstee.training import statistics
+from keras_dstee.training.kernels import active_positions
+from keras_dstee.training.kernels import add_kernel
 
 #: How the initial masks are chosen: at random (training from scratch) or
 #: by weight magnitude (sparsifying a pretrained model).
@@ -31,58 +30,6 @@ def resolve_rescale(rescale, initial_mask):
     """`rescale` as given, or by default only for random initial masks:
     rescaling suits a fresh dense initialisation, not trained weights."""
     return initial_mask == "random" if rescale is None else arguments.boolean("rescale", rescale)
-
-
-@dataclasses.dataclass(eq=False)
-class SparseKernel:
-    """One kernel trained sparse and the state that moves with it.
-
-    Attributes:
-        index: the kernel's position among the trainable variables.
-        variable, mask, counter: the kernel, its 0/1 mask and its activity
-            counter (by default the steps each position has been active;
-            the method's `activity` says).
-        slots: the inner optimizer's slots for it (momentum, Adam's m, v).
-        initial_active: positions active when training starts.
-        active: positions active once the method's schedule ends (the same
-            as `initial_active` except for pruning methods).
-        max_drop, max_grow: static bounds of one update in blocks (positions
-            when unstructured), as `top_k` needs.
-        block: the block shape over the last two axes, or None (unstructured).
-    """
-
-    index: int
-    variable: object
-    mask: object
-    counter: object
-    slots: list
-    initial_active: int
-    active: int
-    max_drop: int
-    max_grow: int
-    block: tuple = None
-
-    @property
-    def size(self):
-        return math.prod(self.variable.shape)
-
-    @property
-    def blocks(self):
-        """How many blocks the kernel has (positions when unstructured)."""
-        return self.size // blocks.unit(self.block)
-
-    @property
-    def state(self):
-        """What a mask update reads and writes, in this order."""
-        return [self.mask, self.counter, self.variable, *self.slots]
-
-
-def active_positions(shape, density, block):
-    """Positions a kernel of `shape` keeps at `density`: whole blocks when
-    `block` fits its shape, at least one."""
-    if not blocks.fits(shape, block):
-        return active_count(shape, density)
-    return active_count(blocks.grid_shape(shape, block), density) * blocks.unit(block)
 
 
 def find_sparse_optimizer(optimizer):
@@ -254,7 +201,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.method = methods.get(method, **method_settings)
         # Methods that ask for it get the schedule's progress.
         self._grow_takes_progress = "progress" in inspect.signature(self.method.grow_scores).parameters
-        self.densities = _checked_densities("densities", densities)
+        self.densities = budget.checked_densities("densities", densities)
         self.initial_densities = None
         if initial_densities is not None:
             if self.method.initial_sparsity is None:
@@ -262,7 +209,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                     "`initial_densities` is for pruning methods (GMP, GraNet), whose "
                     f"density changes during training; {self.method!r} keeps its budget."
                 )
-            self.initial_densities = _checked_densities("initial_densities", initial_densities)
+            self.initial_densities = budget.checked_densities("initial_densities", initial_densities)
         self.update_freq = arguments.integer(
             "update_freq", update_freq, 1, " (optimizer steps between mask updates)"
         )
@@ -296,12 +243,12 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.channels = None
 
     @property
-    def _changes_masks(self):
+    def changes_masks(self):
         """Whether mask updates run: the method's, or channel removal."""
         return self.method.updates_masks or self.channel_sparsity > 0
 
     @property
-    def _has_grow_rule(self):
+    def has_grow_rule(self):
         """Whether the method grows weights by its own scores (Static,
         whose masks never change, and pure pruning don't)."""
         return self.method.updates_masks and self.method.grows
@@ -319,9 +266,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.inner_optimizer.build(var_list)
         super().build(var_list)
         # The user's `densities` stay as given; the step uses them by position.
-        self.densities_by_position = _by_position("densities", self.densities, var_list)
-        self.initial_densities_by_position = self._initial_by_position(var_list)
-        if self.end_step is None and self._changes_masks:
+        self.densities_by_position = budget.by_position("densities", self.densities, var_list)
+        self.initial_densities_by_position = budget.initial_by_position(
+            self.initial_densities, self.method.initial_sparsity, self.densities_by_position, var_list
+        )
+        if self.end_step is None and self.changes_masks:
             raise ValueError(
                 "`end_step` is required: the optimizer step after which masks "
                 "stay fixed. The callbacks set it from `fit`; pass it when "
@@ -356,7 +305,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.budget.append((variable, active))
             # Removing channels masks dense kernels too.
             if active < math.prod(shape) or self.channel_sparsity > 0:
-                self.kernels.append(self._add_kernel(index, variable, initial, active, block))
+                self.kernels.append(add_kernel(self, index, variable, initial, active, block))
         if self.channel_sparsity > 0:
             self._build_channels(var_list)
         if all(k.active == k.size for k in self.kernels):
@@ -367,7 +316,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 "gives densities below 1.",
                 stacklevel=2,
             )
-        clamped = self._clamped_initial_densities(var_list)
+        clamped = []
+        if self.initial_densities is not None:
+            clamped = budget.clamped(var_list, self.initial_densities_by_position, self.densities_by_position)
         if clamped:
             warnings.warn(
                 f"`initial_densities` below the final density for {clamped}: a pruning "
@@ -408,27 +359,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if position not in masked_positions:
                 variable.constraint = channel_rules.ChannelConstraint(self.channels, position, variable.constraint)
 
-    def _clamped_initial_densities(self, var_list):
-        """Paths whose given initial density is below the final one."""
-        if self.initial_densities is None:
-            return []
-        return [
-            v.path
-            for v, start, final in zip(var_list, self.initial_densities_by_position, self.densities_by_position)
-            if start is not None and final is not None and start < final
-        ]
-
-    def _initial_by_position(self, var_list):
-        """Densities when training starts: `initial_densities`, or from the
-        method's `initial_sparsity`, or the final ones."""
-        if self.initial_densities is not None:
-            return _by_position("initial_densities", self.initial_densities, var_list)
-        start = self.method.initial_sparsity
-        final = self.densities_by_position
-        if start is None:
-            return list(final)
-        return [None if d is None else max(d, 1.0 - start) for d in final]
-
     def _scalar(self, name, value):
         return self.add_variable(
             shape=(),
@@ -436,61 +366,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             initializer=keras.initializers.Constant(value),
             aggregation=control.counter_aggregation(),
             name=name,
-        )
-
-    def _add_kernel(self, index, variable, initial_active, active, block):
-        """Creates the mask and counter of one kernel; returns its record."""
-        shape = tuple(variable.shape)
-        # Exactly `initial_active` random positions (whole blocks); numpy
-        # makes it the same on every backend. Passed as the initializer: an
-        # assign right after creation is lost when the build runs inside a
-        # TF trace.
-        rng = np.random.default_rng([self.seed, index])
-        grid = blocks.grid_shape(shape, block)
-        cells = math.prod(grid)
-        flat = np.zeros(cells, "float32")
-        flat[rng.permutation(cells)[: initial_active // blocks.unit(block)]] = 1.0
-        initial = flat.reshape(grid)
-        if block is not None:
-            initial = np.repeat(np.repeat(initial, block[0], axis=-2), block[1], axis=-1)
-        prefix = variable.path.replace("/", "_")
-        # Under `keras.distribution`, mask and counter are laid out (sharded)
-        # like their kernel.
-        layout = getattr(variable, "_layout", None)
-        mask = self.add_variable(
-            shape=shape,
-            dtype="float32",
-            initializer=lambda shape, dtype: ops.convert_to_tensor(initial, dtype),
-            layout=layout,
-            name=f"{prefix}_mask",
-        )
-        counter = self.add_variable(
-            shape=shape, dtype="float32", layout=layout, name=f"{prefix}_active_steps"
-        )
-        slots = [
-            s
-            for s in self.inner_optimizer.variables
-            if s.name.startswith(prefix + "_") and tuple(s.shape) == shape
-        ]
-        variable.constraint = MaskConstraint(mask, variable.constraint)
-        # Bounds in blocks (positions when unstructured).
-        per_block = blocks.unit(block)
-        initial_blocks, final_blocks = initial_active // per_block, active // per_block
-        max_grow = math.ceil(self.drop_fraction * initial_blocks) if self.method.grows else 0
-        if self.channel_sparsity > 0:
-            # Removing channels can move any number of positions.
-            max_grow = cells
-        return SparseKernel(
-            index=index,
-            variable=variable,
-            mask=mask,
-            counter=counter,
-            slots=slots,
-            initial_active=initial_active,
-            active=active,
-            max_drop=cells if self.channel_sparsity > 0 else min(cells, max_grow + initial_blocks - final_blocks),
-            max_grow=max_grow,
-            block=block,
         )
 
     @property
@@ -513,7 +388,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         """Counts the step on the host too, in eager torch. The clock is read
         from the device once, when a fit starts or after a load; a step that
         did not tick it (traced by torch.compile) reads the device."""
-        ticked = self._eager_torch()
+        ticked = control.eager_torch()
         if ticked:
             if self._host_clock is None:
                 self._host_clock = [
@@ -524,16 +399,6 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         else:
             self._host_clock = None
         self._host_ticked = ticked
-
-    def _eager_torch(self):
-        """Whether steps run eagerly on torch, where the host can keep the
-        step count itself instead of reading it from the device each step
-        (a synchronisation on a GPU). Under torch.compile it cannot."""
-        if keras.backend.backend() != "torch":
-            return False
-        import torch
-
-        return not torch.compiler.is_compiling()
 
     # --- the step ------------------------------------------------------------
 
@@ -556,7 +421,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.step.assign_add(1)
         self._tick_host_clock()
         if self._install_pending:
-            self._install_once([k for k, _ in kernels])
+            mask_update.install(self, [k for k, _ in kernels])
         dense_grads = {id(k): grads[i] for k, i in kernels}
         for k, i in kernels:
             if grads[i] is not None:
@@ -565,171 +430,13 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 # constraint uses `where`) and growing resets the slot.
                 grads[i] = grads[i] * ops.convert_to_tensor(k.mask)
         self.inner_optimizer.apply(grads, variables)
-        self._update_masks([(k, dense_grads[id(k)]) for k, _ in kernels])
+        mask_update.update_masks(self, [(k, dense_grads[id(k)]) for k, _ in kernels])
 
     def install(self):
         """Masks (and rescales) the kernels now rather than on the first step,
         so the first forward pass already sees the sparse model. Runs once."""
-        self._install_once(self.kernels)
+        mask_update.install(self, self.kernels)
         self._install_pending = False
-
-    def _install_once(self, kernels):
-        """Masks (and rescales) the kernels on the first step after a build."""
-
-        by_magnitude = self.initial_mask == "magnitude"
-
-        def install():
-            values = []
-            for k in kernels:
-                w = ops.convert_to_tensor(k.variable)
-                mask = _largest(w, k) if by_magnitude else k.mask
-                scale = math.sqrt(k.size / k.initial_active) if self.rescale else 1.0
-                values.append(masked(w, mask) * scale)
-                if by_magnitude:
-                    values.append(mask)
-            return values
-
-        targets = [v for k in kernels for v in ([k.variable, k.mask] if by_magnitude else [k.variable])]
-        control.cond_assign(lambda: ops.equal(self.installed, 0), install, targets)
-        self.installed.assign(1)
-
-    def _update_masks(self, kernels_and_grads):
-        kernels_and_grads = [(k, g) for k, g in kernels_and_grads if k.max_drop > 0 and g is not None]
-        if not self._changes_masks or not kernels_and_grads:
-            return
-        kernels = [k for k, _ in kernels_and_grads]
-        targets = [self.last_update, self.skipped_updates]
-        for k in kernels:
-            targets += k.state
-        others = []
-        if self.channels is not None:
-            masked_positions = {k.index for k in kernels}
-            others = [(p, v) for p, v in self.channel_variables if p not in masked_positions]
-            targets += [self.channels.alive] + [v for _, v in others]
-        # A density schedule, and the channel schedule, reach their target
-        # at `end_step` itself.
-        prunes = self.method.initial_sparsity is not None or self.channels is not None
-
-        def due():
-            if self._host_ticked and self._eager_torch():
-                step, start, end = self._host_clock
-                regular = step % self.update_freq == 0 and start <= step < end
-                return regular or (prunes and step == end)
-            step = ops.convert_to_tensor(self.step)
-            regular = ops.logical_and(
-                ops.equal(step % self.update_freq, 0),
-                ops.logical_and(
-                    ops.greater_equal(step, self.start_step),
-                    ops.less(step, self.end_step_variable),
-                ),
-            )
-            if prunes:
-                return ops.logical_or(regular, ops.equal(step, self.end_step_variable))
-            return regular
-
-        def compute(*grads):
-            step = ops.convert_to_tensor(self.step)
-            fraction = updates.drop_fraction_at(
-                step, self.start_step, self.end_step_variable, self.drop_fraction
-            )
-            # A non-finite gradient would corrupt the scores: keep the masks.
-            finite = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads]))
-            elapsed = ops.cast(step - self.last_update, "float32")
-            skipped = self.skipped_updates + ops.cast(ops.logical_not(finite), self.skipped_updates.dtype)
-            values = [step, skipped]
-            allowed, target, alive = [None] * len(kernels), [None] * len(kernels), None
-            if self.channels is not None:
-                weights = {p: ops.convert_to_tensor(v) for p, v in self.channel_variables}
-                base = [self._scheduled_target(k, step) for k in kernels]
-                alive, allowed, target = self.channels.update(
-                    kernels, base, weights, step, self.start_step, self.end_step_variable
-                )
-            for number, (k, grad) in enumerate(zip(kernels, grads)):
-                old = [ops.convert_to_tensor(v) for v in k.state]
-                new = self._update_kernel(k, grad, step, fraction, elapsed, number, allowed[number], target[number])
-                values += [ops.where(finite, n, o) for n, o in zip(new, old)]
-            if alive is not None:
-                old = ops.convert_to_tensor(self.channels.alive)
-                values.append(ops.where(finite, alive, old))
-                for position, variable in others:
-                    value = ops.convert_to_tensor(variable)
-                    new = masked(value, self.channels.allowed(position, alive))
-                    values.append(ops.where(finite, new, value))
-            return values
-
-        control.cond_assign(due, compute, targets, [g for _, g in kernels_and_grads])
-
-    def _scheduled_target(self, kernel, step):
-        """A pruning method's active blocks for `kernel` at `step`, on its
-        cubic density schedule (a tensor)."""
-        per_block = blocks.unit(kernel.block)
-        initial_blocks, final_blocks = kernel.initial_active // per_block, kernel.active // per_block
-        if self.method.initial_sparsity is None:
-            return ops.convert_to_tensor(final_blocks, "int32")
-        density = updates.scheduled_density(
-            step,
-            self.start_step,
-            self.end_step_variable,
-            initial_blocks / kernel.blocks,
-            final_blocks / kernel.blocks,
-        )
-        return ops.clip(ops.cast(ops.round(density * kernel.blocks), "int32"), final_blocks, initial_blocks)
-
-    def _update_kernel(self, kernel, grad, step, fraction, elapsed, number, allowed=None, target=None):
-        """One kernel's mask update; returns its new `state`.
-
-        Counts and scores are per block of `kernel.block` (per position when
-        unstructured): a block's score sums its positions' scores. With
-        channels, `allowed` is the kernel's live area and `target` how many
-        weights it holds after the update.
-        """
-        block = kernel.block
-        per_block = blocks.unit(block)
-        mask = ops.convert_to_tensor(kernel.mask)
-        counter = ops.convert_to_tensor(kernel.counter) + self.method.activity(elapsed) * mask
-        weight = ops.convert_to_tensor(kernel.variable)
-        # A structured mask is constant in a block: its first position tells.
-        grid_mask = mask if block is None else mask[..., :: block[0], :: block[1]]
-        seed = control.step_seed(step, self.seed, number)
-        if allowed is not None:
-            # Removed channels leave the mask; their weights are regrown
-            # inside the live ones.
-            grid_mask = grid_mask * allowed
-            swaps = self._has_grow_rule and kernel.active < kernel.size
-            prune, regular, grow = channel_rules.update_counts(grid_mask, allowed, target, fraction if swaps else None)
-            if self._has_grow_rule:
-                scores = self._grow_scores(weight, grad, counter, step, seed)
-            else:
-                # A method without a grow rule regrows at random (SET's).
-                scores = keras.random.uniform(ops.shape(weight), seed=seed)
-            scores = ops.where(allowed > 0, scores, ops.full_like(scores, -np.inf))
-            drop = prune + regular
-        else:
-            prune, budget = 0, kernel.active // per_block
-            if self.method.initial_sparsity is not None:
-                target = self._scheduled_target(kernel, step)
-                prune = ops.maximum(ops.cast(ops.sum(grid_mask), "int32") - target, 0)
-                budget = ops.cast(target, "float32")
-            grow, scores = 0, None
-            if kernel.max_grow > 0:
-                grow = ops.cast(ops.ceil(fraction * budget), "int32")
-                grow = ops.minimum(grow, kernel.max_grow)
-                scores = blocks.to_blocks(self._grow_scores(weight, grad, counter, step, seed), block)
-            drop = prune + grow
-        keep = blocks.to_blocks(self.method.drop_scores(weight, grad), block)
-        new_mask, grown = updates.drop_and_grow(keep, grid_mask, scores, drop, kernel.max_drop, grow, kernel.max_grow)
-        new_mask, grown = blocks.from_blocks(new_mask, block), blocks.from_blocks(grown, block)
-        if not self.reset_regrown:
-            grown = grown * (1.0 - mask)  # only positions new to the mask
-        kept = new_mask * (1.0 - grown)
-        new_slots = [masked(ops.convert_to_tensor(s), kept) for s in kernel.slots]
-        return [new_mask, counter, masked(weight, kept)] + new_slots
-
-    def _grow_scores(self, weight, grad, counter, step, seed):
-        extra = {}
-        if self._grow_takes_progress:
-            extra["progress"] = updates.progress_at(step, self.start_step, self.end_step_variable)
-        return self.method.grow_scores(weight, grad, counter, step, seed, **extra)
 
     # --- delegation to the inner optimizer -------------------------------------
 
@@ -754,51 +461,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
     # --- metrics -------------------------------------------------------------
 
     def sparsity_stats(self):
-        """Current `sparsity`, `zero_fraction`, `coverage` and `drop_fraction`,
-        as Python floats.
-
-        All are measured over the kernels of the budget (those `densities`
-        lists, kernels kept dense by ERK included), the ones the callbacks'
-        `sparsity=` refers to. `sparsity` is the fraction of positions outside
-        the masks: what was asked for (for a pruning method, where its
-        schedule has got to). `zero_fraction` counts exact zeros, so it is a
-        little higher right after a mask update (grown weights start at 0).
-        `coverage` is the fraction of positions ever active, `drop_fraction`
-        the fraction the next mask update would replace, and
-        `skipped_updates` counts mask updates skipped for a non-finite
-        gradient. Reads variable values: on JAX, call it through the model (a
-        callback's `self.model`) so the values are in sync.
-        """
-        size = active = zeros = ever_active = 0
-        kernels = {id(k.variable): k for k in self.kernels}
-        for variable, _ in self.budget:
-            weight = host.to_numpy(variable)
-            size += weight.size
-            zeros += int(np.sum(weight == 0))
-            kernel = kernels.get(id(variable))
-            if kernel is None:
-                active += weight.size
-                ever_active += weight.size
-                continue
-            mask = host.to_numpy(kernel.mask)
-            counter = host.to_numpy(kernel.counter)
-            active += int(np.sum(mask))
-            ever_active += int(np.sum((mask > 0) | (counter > 0)))
-        step = int(host.to_numpy(self.step))
-        fraction = updates.drop_fraction_at(
-            step + 1,
-            int(host.to_numpy(self.start_step)),
-            int(host.to_numpy(self.end_step_variable)),
-            self.drop_fraction,
-        )
-        grows = self._has_grow_rule
-        return {
-            "skipped_updates": int(host.to_numpy(self.skipped_updates)),
-            "sparsity": 1.0 - active / size if size else 0.0,
-            "zero_fraction": zeros / size if size else 0.0,
-            "coverage": ever_active / size if size else 0.0,
-            "drop_fraction": float(ops.convert_to_numpy(fraction)) if grows else 0.0,
-        }
+        """Current `sparsity`, `zero_fraction`, `coverage`, `drop_fraction` and
+        `skipped_updates`, as Python numbers (`statistics.sparsity_stats`)."""
+        return statistics.sparsity_stats(self)
 
     # --- serialization ---------------------------------------------------------
 
@@ -854,66 +519,3 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return cls(inner, **config)
 
 
-def _largest(weight, kernel):
-    """The 0/1 mask of the kernel's `initial_active` largest-magnitude
-    weights (whole blocks by block L1)."""
-    block = kernel.block
-    scores = blocks.to_blocks(ops.abs(ops.cast(weight, "float32")), block)
-    cells = math.prod(scores.shape)
-    drop = cells - kernel.initial_active // blocks.unit(block)
-    if drop == 0:
-        return ops.ones_like(weight, "float32")
-    mask, _ = updates.drop_and_grow(scores, ops.ones_like(scores), None, drop, drop, 0, 0)
-    return blocks.from_blocks(mask, block)
-
-
-def _checked_densities(name, densities):
-    """`densities` as given (dict or list), each value checked."""
-    if isinstance(densities, dict):
-        densities = {str(k): v for k, v in densities.items()}
-        named = densities.items()
-    elif isinstance(densities, (list, tuple)):
-        densities = list(densities)
-        named = enumerate(densities)
-    else:
-        raise ValueError(
-            f"`{name}` must be a dict {{variable.path: density}} (as "
-            "`keras_dstee.layer_densities` returns) or a list with one "
-            f"density (or None) per trainable variable. Received: {densities!r}"
-        )
-    for key, density in named:
-        valid = density is None or (
-            isinstance(density, numbers.Real) and not isinstance(density, bool) and 0 < density <= 1
-        )
-        if not valid:
-            raise ValueError(
-                f"The density of {key!r} in `{name}` must be a number "
-                f"in (0, 1], or None. Received: {density!r}"
-            )
-    return densities
-
-
-def _by_position(name, densities, var_list):
-    """One density per trainable variable, None for those outside the budget.
-    Saved in this form: variable paths can change when a model is loaded,
-    positions don't."""
-    if isinstance(densities, list):
-        if len(densities) != len(var_list):
-            raise ValueError(
-                f"`{name}` has {len(densities)} entries but the model trains "
-                f"{len(var_list)} variables."
-            )
-        # Files from 0.1 list 1.0 for every variable outside the budget;
-        # biases and other 1-D weights are never part of it.
-        return [
-            None if d is None or (d == 1 and len(v.shape) < 2) else float(d)
-            for v, d in zip(var_list, densities)
-        ]
-    paths = [v.path for v in var_list]
-    unknown = sorted(set(densities) - set(paths))
-    if unknown:
-        raise ValueError(
-            f"`{name}` names variables the model does not train: {unknown}. "
-            f"Trainable variables: {sorted(paths)}"
-        )
-    return [None if densities.get(p) is None else float(densities[p]) for p in paths]

@@ -1,32 +1,12 @@
 """Pure drop-and-grow functions on tensors, written with `keras.ops`.
 
 Everything here is a function of tensors with static shapes, so it runs
-unchanged inside a compiled train step on TensorFlow, JAX and PyTorch.
+unchanged inside a compiled train step on TensorFlow, JAX and PyTorch. When
+an update happens and how much it moves is `schedule`'s.
 """
 
-import math
 
 from keras import ops
-
-
-def progress_at(step, start_step, end_step):
-    """How far the mask-update schedule has got: 0 at `start_step`, 1 at
-    `end_step` and after it."""
-    step = ops.cast(step, "float32")
-    start = ops.cast(start_step, "float32")
-    end = ops.cast(end_step, "float32")
-    return ops.clip((step - start) / ops.maximum(end - start, 1.0), 0.0, 1.0)
-
-
-def cosine_decay(progress):
-    """1 at progress 0, falling along a half cosine to 0 at progress 1."""
-    return 0.5 * (1.0 + ops.cos(math.pi * progress))
-
-
-def drop_fraction_at(step, start_step, end_step, drop_fraction):
-    """Cosine decay of the drop fraction: `drop_fraction` at `start_step`, 0 at
-    `end_step` and after it."""
-    return drop_fraction * cosine_decay(progress_at(step, start_step, end_step))
 
 
 def grow_scores(grad, counter, step, exploration, epsilon, normalize=True, bonus_scale=1.0):
@@ -49,14 +29,6 @@ def grow_scores(grad, counter, step, exploration, epsilon, normalize=True, bonus
     log_t = ops.log(ops.maximum(ops.cast(step, "float32"), 1.0))
     bonus = ops.sqrt(log_t / (counter + epsilon))
     return magnitude + (exploration * bonus_scale) * bonus
-
-
-def scheduled_density(step, start_step, end_step, initial, final):
-    """Gradual pruning's cubic schedule (Zhu & Gupta, 2017) in densities:
-    `final + (initial - final) * (1 - progress)**3`, `initial` at
-    `start_step`, `final` at `end_step` and after it."""
-    progress = progress_at(step, start_step, end_step)
-    return final + (initial - final) * (1.0 - progress) ** 3
 
 
 def drop_and_grow(keep_scores, mask, scores, num_drop, max_drop, num_grow=None, max_grow=None):
