@@ -37,7 +37,7 @@ _MOVED = {
     "training": ("methods", "updates", "distributions", "blocks", "constraints", "control", "wrapping",
                  "optimizer", "channel_sparsity"),
     "structure": ("channels", "slimming", "batch_norm"),
-    "deploy": ("export", "onnx_export", "activation_ranges", "calibration", "tflite_inspection",
+    "deploy": ("export", "onnx_export", "activation_ranges", "tflite_inspection",
                "tflite_rewrite", "tflite_runner", "xnnpack"),
 }
 

@@ -55,7 +55,7 @@ def _samples(path):
     inputs), or one array, or None."""
     if not path:
         return None
-    from keras_dstee.deploy import calibration
+    from keras_dstee import calibration
 
     samples = calibration.load_samples(path)
     return samples[0] if len(samples) == 1 else samples

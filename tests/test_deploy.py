@@ -14,8 +14,8 @@ from helpers import small_cnn
 from helpers import to_numpy
 
 import keras_dstee
+from keras_dstee import calibration
 from keras_dstee import cli
-from keras_dstee.deploy import calibration
 from keras_dstee.deploy import tflite_rewrite
 from keras_dstee.deploy import tflite_runner
 

@@ -18,8 +18,8 @@ from helpers import only_on
 from helpers import to_numpy
 
 import keras_dstee
+from keras_dstee import calibration
 from keras_dstee import cli
-from keras_dstee.deploy import calibration
 from keras_dstee.deploy import tflite_runner
 
 pytest.importorskip("ai_edge_litert.interpreter")

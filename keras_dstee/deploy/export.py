@@ -17,8 +17,8 @@ import keras
 import numpy as np
 
 from keras_dstee import arguments
+from keras_dstee import calibration
 from keras_dstee.deploy import activation_ranges as ranges_lib
-from keras_dstee.deploy import calibration
 from keras_dstee.deploy import quiet
 from keras_dstee.deploy import tensorflow_worker
 from keras_dstee.deploy import tflite_inspection

@@ -95,11 +95,22 @@ def run(model, function, path, options, samples=None):
     )
 
 
+def _functions():
+    """The export functions a request may name."""
+    from keras_dstee.deploy import export
+    from keras_dstee.deploy import onnx_export
+
+    return {
+        "export_tflite": export.export_tflite,
+        "export_saved_model": export.export_saved_model,
+        "export_onnx": onnx_export.export_onnx,
+    }
+
+
 def _load(request):
     import keras
 
-    import keras_dstee  # noqa: F401  (registers the library's classes)
-    from keras_dstee.deploy import calibration
+    from keras_dstee import calibration
     from keras_dstee.deploy.export import mark_called
 
     custom_objects = {}
@@ -122,12 +133,10 @@ def main(argv):
     with open(argv[0]) as f:
         request = json.load(f)
     try:
-        import keras_dstee
-
         model, options = _load(request)
         # The export's own prints would mix with the answer on stdout.
         with contextlib.redirect_stdout(sys.stderr):
-            report = getattr(keras_dstee, request["function"])(model, request["path"], **options)
+            report = _functions()[request["function"]](model, request["path"], **options)
     except Exception as error:  # noqa: BLE001  (every failure goes back to the parent)
         print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
         return 1

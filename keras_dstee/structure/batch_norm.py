@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from keras_dstee import arguments
-from keras_dstee.deploy import calibration
+from keras_dstee import calibration
 
 
 def recalibrate_batch_norm(model, x, batch_size=128, samples=2048):

@@ -100,12 +100,67 @@ class SparseTraining(keras.callbacks.Callback):
     Args:
         method: a name from `keras_dstee.methods.names()` or a
             `keras_dstee.methods.Method` (instance or subclass).
+        sparsity: fraction of the prunable weights that are zero, in [0, 1).
+        distribution: how the sparsity is split across layers: `"erk"`
+            (Erdos-Renyi-Kernel: small layers denser), `"er"`, `"uniform"`,
+            or a dict of layer name or regex (whole-name match; first match
+            wins) to that layer's sparsity; unmatched layers stay dense.
+        update_freq: optimizer steps between two mask updates.
+        drop_fraction: fraction of each kernel's active weights replaced at the
+            first update; decays to 0 by `end` (cosine).
+        begin: fraction of the run before mask updates start, in [0, end).
+        end: fraction of the training steps of `fit` after which the masks
+            stay fixed, in (0, 1].
+        end_step: optimizer steps of `fit` after which the masks stay fixed,
+            instead of `end`; for data whose length `fit` cannot know
+            (generators, `tf.data` without cardinality).
+        rescale: multiply the kept initial weights by `1 / sqrt(density)`, so
+            the sparse network starts with the variance of the dense one.
+            None (default): only with `initial_mask="random"`.
+        seed: int seeding the initial masks; `None` picks one at random.
+        exclude: a layer name, regular expression (matched against whole
+            layer names) or layer class whose weights stay dense, or a list
+            of them.
+        include_embeddings: whether `Embedding` tables are pruned too.
+        dense_first: keep the first prunable layer (the stem) dense.
+        dense_last: keep the last prunable layer (the classifier) dense.
+        erk_power_scale: with `"erk"`, the power of each kernel's raw ERK
+            density (RigL's knob): 1.0 is ERK, 0.0 uniform.
+        reset_regrown: a weight dropped and regrown in the same update
+            restarts at 0 with zeroed optimizer slots (default; RigL's
+            `reinit_when_same=True`, sparsimony); False keeps its value and
+            slots (RigL's default, JaxPruner).
+        block_size: None (unstructured), or `(input, output)`: weights are
+            dropped and grown in whole blocks over each kernel's last two
+            axes (a block scores the sum of its positions' scores). `(4, 1)`
+            makes `Dense` layers run faster than dense in TFLite
+            (`keras_dstee.export_tflite(..., optimize_for="latency")`);
+            kernels that do not divide into blocks stay unstructured.
+        initial_mask: `"random"` (default: training from scratch) or
+            `"magnitude"`: each kernel starts from its largest weights, for
+            sparsifying a pretrained model without throwing away its most
+            important weights at the first step.
+        channel_sparsity: fraction of the removable channels (see
+            `keras_dstee.channel_groups`) removed by `end`, in [0, 1), for a
+            Functional or Sequential model: at each mask update the channels
+            with the lowest mean weight magnitude go, along a cubic schedule;
+            their weights are masked to 0 and the weight budget regrows inside
+            the live channels. `keras_dstee.slim(model)` then cuts them out
+            (a smaller, faster dense network). 0 (default) removes none.
+        min_channels: per layer, the fraction of the channels the schedule
+            would leave it (`1 - channel_sparsity`) that it keeps at least.
+            1.0 makes every layer lose the same fraction: the speed then
+            follows the FLOPs (the global ranking mostly thins the cheap
+            late layers). Set without `channel_sparsity`, it warns. With channels removed, call
+            `keras_dstee.recalibrate_batch_norm(model, x)` after training:
+            the BatchNormalization statistics lag behind (docs/channels.md).
+        channel_begin: fraction of the run (like `begin` and `end`) before
+            channels start to go, in [begin, end); their cubic schedule then
+            runs from there to `end`, while the masks update from `begin`.
+            None (default): from `begin`. Chase waits about a tenth of the
+            run, until the magnitudes that rank the channels mean something.
         **method_settings: the method's own settings when `method` is a name
             or a class, e.g. `exploration=2.0` for `"dstee"`.
-        sparsity, distribution, update_freq, drop_fraction, begin, end,
-        end_step, rescale, seed, exclude, include_embeddings, dense_first,
-        dense_last, erk_power_scale, reset_regrown, block_size, initial_mask,
-        channel_sparsity, min_channels, channel_begin: as for `DSTEE`.
     """
 
     def __init__(
@@ -512,18 +567,6 @@ class DSTEE(SparseTraining):
 
     Args:
         sparsity: fraction of the prunable weights that are zero, in [0, 1).
-        distribution: how the sparsity is split across layers: `"erk"`
-            (Erdos-Renyi-Kernel: small layers denser), `"er"`, `"uniform"`,
-            or a dict of layer name or regex (whole-name match; first match
-            wins) to that layer's sparsity; unmatched layers stay dense.
-        update_freq: optimizer steps between two mask updates.
-        drop_fraction: fraction of each kernel's active weights replaced at the
-            first update; decays to 0 by `end` (cosine).
-        end: fraction of the training steps of `fit` after which the masks
-            stay fixed, in (0, 1].
-        end_step: optimizer steps of `fit` after which the masks stay fixed,
-            instead of `end`; for data whose length `fit` cannot know
-            (generators, `tf.data` without cardinality).
         exploration: weight `c` of the exploration bonus. 0 is RigL.
         epsilon: keeps the bonus finite for positions never active.
         normalize_gradients: divide |g| by its per-layer mean, so that
@@ -533,57 +576,34 @@ class DSTEE(SparseTraining):
             `"periods"` active.
         bonus_decay: `"none"` (default), or `"cosine"`: the bonus fades like
             the drop fraction, to 0 at `end`.
-        rescale: multiply the kept initial weights by `1 / sqrt(density)`, so
-            the sparse network starts with the variance of the dense one.
-            None (default): only with `initial_mask="random"`.
-        seed: int seeding the initial masks; `None` picks one at random.
-        exclude: a layer name, regular expression (matched against whole
-            layer names) or layer class whose weights stay dense, or a list
-            of them.
-        include_embeddings: whether `Embedding` tables are pruned too.
-        dense_first: keep the first prunable layer (the stem) dense.
-        dense_last: keep the last prunable layer (the classifier) dense.
-        erk_power_scale: with `"erk"`, the power of each kernel's raw ERK
-            density (RigL's knob): 1.0 is ERK, 0.0 uniform.
-        reset_regrown: a weight dropped and regrown in the same update
-            restarts at 0 with zeroed optimizer slots (default; RigL's
-            `reinit_when_same=True`, sparsimony); False keeps its value and
-            slots (RigL's default, JaxPruner).
-        begin: fraction of the run before mask updates start, in [0, end).
-        block_size: None (unstructured), or `(input, output)`: weights are
-            dropped and grown in whole blocks over each kernel's last two
-            axes (a block scores the sum of its positions' scores). `(4, 1)`
-            makes `Dense` layers run faster than dense in TFLite
-            (`keras_dstee.export_tflite(..., optimize_for="latency")`);
-            kernels that do not divide into blocks stay unstructured.
-        initial_mask: `"random"` (default: training from scratch) or
-            `"magnitude"`: each kernel starts from its largest weights, for
-            sparsifying a pretrained model without throwing away its most
-            important weights at the first step.
-        channel_sparsity: fraction of the removable channels (see
-            `keras_dstee.channel_groups`) removed by `end`, in [0, 1), for a
-            Functional or Sequential model: at each mask update the channels
-            with the lowest mean weight magnitude go, along a cubic schedule;
-            their weights are masked to 0 and the weight budget regrows inside
-            the live channels. `keras_dstee.slim(model)` then cuts them out
-            (a smaller, faster dense network). 0 (default) removes none.
-        min_channels: per layer, the fraction of the channels the schedule
-            would leave it (`1 - channel_sparsity`) that it keeps at least.
-            1.0 makes every layer lose the same fraction: the speed then
-            follows the FLOPs (the global ranking mostly thins the cheap
-            late layers). Set without `channel_sparsity`, it warns. With channels removed, call
-            `keras_dstee.recalibrate_batch_norm(model, x)` after training:
-            the BatchNormalization statistics lag behind (README,
-            "Channels").
-        channel_begin: fraction of the run (like `begin` and `end`) before
-            channels start to go, in [begin, end); their cubic schedule then
-            runs from there to `end`, while the masks update from `begin`.
-            None (default): from `begin`. Chase waits about a tenth of the
-            run, until the magnitudes that rank the channels mean something.
+        **kwargs: every other setting of `SparseTraining`: `distribution`,
+            `update_freq`, `drop_fraction`, `begin`, `end`, `end_step`,
+            `rescale`, `seed`, `exclude`, `include_embeddings`,
+            `dense_first`, `dense_last`, `erk_power_scale`,
+            `reset_regrown`, `block_size`, `initial_mask`,
+            `channel_sparsity`, `min_channels`, `channel_begin`.
     """
 
-    def __init__(self, sparsity=0.9, **kwargs):
-        super().__init__("dstee", sparsity, **kwargs)
+    def __init__(
+        self,
+        sparsity=0.9,
+        exploration=1.0,
+        epsilon=1.0,
+        normalize_gradients=True,
+        count="steps",
+        bonus_decay="none",
+        **kwargs,
+    ):
+        super().__init__(
+            "dstee",
+            sparsity,
+            exploration=exploration,
+            epsilon=epsilon,
+            normalize_gradients=normalize_gradients,
+            count=count,
+            bonus_decay=bonus_decay,
+            **kwargs,
+        )
 
 
 class RigL(SparseTraining):
@@ -592,6 +612,11 @@ class RigL(SparseTraining):
     Same machinery and arguments as `DSTEE` without the exploration bonus;
     `RigL(seed=s)` gives the same masks and weights as
     `DSTEE(exploration=0, seed=s)`.
+
+    Args:
+        sparsity: fraction of the prunable weights that are zero, in [0, 1).
+        **kwargs: every other setting of `SparseTraining` (`distribution`,
+            `update_freq`, `end`, `channel_sparsity`, ...).
     """
 
     def __init__(self, sparsity=0.9, **kwargs):
@@ -602,6 +627,11 @@ class SET(SparseTraining):
     """SET (Mocanu et al., 2018): grow positions chosen at random.
 
     Same machinery and arguments as `DSTEE` without the exploration bonus.
+
+    Args:
+        sparsity: fraction of the prunable weights that are zero, in [0, 1).
+        **kwargs: every other setting of `SparseTraining` (`distribution`,
+            `update_freq`, `end`, `channel_sparsity`, ...).
     """
 
     def __init__(self, sparsity=0.9, **kwargs):
@@ -625,12 +655,13 @@ class GMP(SparseTraining):
     Args:
         sparsity: the final sparsity.
         initial_sparsity: the sparsity when pruning begins, in [0, 1).
-        begin: fraction of the run before pruning starts, in [0, end).
-        Others: as for `DSTEE` (`drop_fraction` is unused).
+        **kwargs: every other setting of `SparseTraining` (`begin`: the
+            fraction of the run before pruning starts; `drop_fraction` is
+            unused).
     """
 
-    def __init__(self, sparsity=0.9, **kwargs):
-        super().__init__("gmp", sparsity, **kwargs)
+    def __init__(self, sparsity=0.9, initial_sparsity=0.0, **kwargs):
+        super().__init__("gmp", sparsity, initial_sparsity=initial_sparsity, **kwargs)
 
 
 class GraNet(SparseTraining):
@@ -645,11 +676,12 @@ class GraNet(SparseTraining):
     Args:
         sparsity: the final sparsity.
         initial_sparsity: the sparsity of the starting random mask.
-        Others: as for `DSTEE` and `GMP`.
+        **kwargs: every other setting of `SparseTraining` (`distribution`,
+            `update_freq`, `end`, `channel_sparsity`, ...).
     """
 
-    def __init__(self, sparsity=0.9, **kwargs):
-        super().__init__("granet", sparsity, **kwargs)
+    def __init__(self, sparsity=0.9, initial_sparsity=0.5, **kwargs):
+        super().__init__("granet", sparsity, initial_sparsity=initial_sparsity, **kwargs)
 
 
 class Static(SparseTraining):
@@ -660,9 +692,21 @@ class Static(SparseTraining):
     of the live channels.
 
     Args:
-        sparsity, distribution, rescale, seed, exclude, include_embeddings,
-        dense_first, dense_last, block_size, initial_mask, channel_sparsity,
-        min_channels, channel_begin, update_freq, end: as for `DSTEE`.
+        sparsity: as for `SparseTraining`.
+        distribution: as for `SparseTraining`.
+        rescale: as for `SparseTraining`.
+        seed: as for `SparseTraining`.
+        exclude: as for `SparseTraining`.
+        include_embeddings: as for `SparseTraining`.
+        dense_first: as for `SparseTraining`.
+        dense_last: as for `SparseTraining`.
+        block_size: as for `SparseTraining`.
+        initial_mask: as for `SparseTraining`.
+        channel_sparsity: as for `SparseTraining`.
+        min_channels: as for `SparseTraining`.
+        channel_begin: as for `SparseTraining`.
+        update_freq: as for `SparseTraining`.
+        end: as for `SparseTraining`.
     """
 
     def __init__(
