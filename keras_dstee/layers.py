@@ -16,26 +16,12 @@ Biases, normalisation parameters and every other 1-D weight stay dense.
 
 import re
 
-import keras
-
 from keras_dstee import arguments
+from keras_dstee import layer_kinds
 
-_KERNEL = ("kernel",)
-PRUNABLE_WEIGHTS = {
-    keras.layers.Dense: _KERNEL,
-    keras.layers.EinsumDense: _KERNEL,
-    keras.layers.Conv1D: _KERNEL,
-    keras.layers.Conv2D: _KERNEL,
-    keras.layers.Conv3D: _KERNEL,
-    keras.layers.Conv1DTranspose: _KERNEL,
-    keras.layers.Conv2DTranspose: _KERNEL,
-    keras.layers.Conv3DTranspose: _KERNEL,
-    keras.layers.DepthwiseConv1D: _KERNEL,
-    keras.layers.DepthwiseConv2D: _KERNEL,
-    keras.layers.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
-    keras.layers.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
-}
-EMBEDDING_WEIGHTS = {keras.layers.Embedding: ("embeddings",)}
+# The weights trained sparse, by layer kind (`layer_kinds.KINDS`).
+PRUNABLE_WEIGHTS = layer_kinds.prunable_weights()
+EMBEDDING_WEIGHTS = layer_kinds.EMBEDDING
 
 
 def _own_variables(layer):

@@ -10,7 +10,7 @@ from keras_dstee import arguments
 from keras_dstee import host
 from keras_dstee.layers import layer_prunable_weights
 from keras_dstee.structure import channels
-from keras_dstee.training import channel_sparsity
+from keras_dstee.structure import liveness
 from keras_dstee.training.optimizer import find_sparse_optimizer
 
 
@@ -208,7 +208,7 @@ def _live_output_channels(model, optimizer):
     for group in channels.channel_groups(model):
         if not group.removable:
             continue
-        alive = channel_sparsity.live_channels(group, masks)
+        alive = liveness.live_channels(group, masks)
         for s in group.producers:
             if len(s.variable.shape) > 1:
                 owned = [c for c in range(group.size) if len(s.positions[c])]

@@ -9,7 +9,7 @@ from helpers import only_on
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "keras_dstee")
-BASE = {"arguments", "host", "layers", "calibration", "version"}
+BASE = {"arguments", "host", "layers", "layer_kinds", "calibration", "version"}
 # What each part may import from the package (besides itself and BASE).
 ALLOWED = {
     "base": set(),

@@ -14,6 +14,7 @@ from test_channels import resnet_style
 from test_channels import vgg_style
 
 import keras_dstee
+from keras_dstee.structure import liveness
 from keras_dstee.structure import slimming
 
 STYLES = {
@@ -103,7 +104,7 @@ def test_slim_keeps_a_block_sparse_kernel_block_sparse():
     model.get_layer("hidden").bias.assign(np.zeros(64, "float32"))
     group = next(g for g in keras_dstee.channel_groups(model) if g.layers == ["hidden"])
     assert slimming.block_length(group.consumers[0]) == 16
-    assert slimming.gone_channels(group) == [*range(16), 20, 40]
+    assert liveness.gone_channels(group) == [*range(16), 20, 40]
     slimmed = keras_dstee.slim(model)
     assert slimmed.get_layer("hidden").units == 48
     np.testing.assert_array_equal(to_numpy(slimmed.get_layer("reader").kernel), reader[16:].astype("float32"))

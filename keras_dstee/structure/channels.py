@@ -26,6 +26,7 @@ import numpy as np
 
 from keras_dstee import arguments
 from keras_dstee import host
+from keras_dstee import layer_kinds
 
 L = keras.layers
 
@@ -35,19 +36,11 @@ ZERO_PRESERVING = {
     "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "tanh", "silu", "swish",
     "hard_silu", "hard_swish", "mish", "softsign", "celu",
 }
-# Layers that act on each channel separately and have no weights.
-PER_CHANNEL = (
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
-    L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.Identity,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
-    L.AveragePooling3D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.ZeroPadding1D,
-    L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D, L.UpSampling1D,
-    L.UpSampling2D, L.UpSampling3D, L.ReLU, L.LeakyReLU, L.ELU,
-)
-MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
-CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
-TRANSPOSED = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+# How channels pass through each layer kind (`layer_kinds.KINDS`).
+PER_CHANNEL = layer_kinds.passing("per_channel")
+MERGES = layer_kinds.passing("merge")
+CONVS = layer_kinds.passing("conv")
+TRANSPOSED = layer_kinds.passing("transposed_conv")
 
 
 @dataclasses.dataclass

@@ -17,37 +17,9 @@ import keras
 import numpy as np
 
 from keras_dstee import host
+from keras_dstee import layer_kinds
 from keras_dstee.structure import channels
-
-# The config key that sets a producing layer's number of output channels.
-WIDTH_KEYS = {
-    keras.layers.Dense: "units",
-    keras.layers.Conv1D: "filters",
-    keras.layers.Conv2D: "filters",
-    keras.layers.Conv3D: "filters",
-    keras.layers.Conv1DTranspose: "filters",
-    keras.layers.Conv2DTranspose: "filters",
-    keras.layers.Conv3DTranspose: "filters",
-    keras.layers.SeparableConv1D: "filters",
-    keras.layers.SeparableConv2D: "filters",
-}
-# Per-channel statistics: they do not decide whether a channel outputs 0.
-STATISTICS = ("moving_mean", "moving_variance")
-
-
-def gone_channels(group):
-    """The channels of `group` that change no output: silent or unread."""
-    if not group.removable:
-        return []
-    speaking = np.zeros(group.size, bool)
-    for s in group.producers + [f for f in group.followers if f.variable.name not in STATISTICS]:
-        speaking |= channels.nonzero_channels(s)
-    read = np.zeros(group.size, bool)
-    for s in group.consumers:
-        read |= channels.nonzero_channels(s)
-    unread = ~read if group.consumers else np.zeros(group.size, bool)
-    return [int(c) for c in np.flatnonzero(~speaking | unread)]
-
+from keras_dstee.structure import liveness
 
 # Block lengths looked for along a Dense kernel's channel axis, longest
 # first: TFLite's int8 sparse kernel needs 16, its float one 4.
@@ -98,13 +70,6 @@ def whole_blocks(group, gone):
     return [c for c in gone if c not in kept]
 
 
-def _width_key(layer):
-    for cls, key in WIDTH_KEYS.items():
-        if type(layer) is cls:
-            return key
-    return None
-
-
 def slim(model):
     """A new model of the same kind with the removed and dead channels gone.
 
@@ -126,10 +91,10 @@ def slim(model):
     channels.check_graph_model(model, "slim")
     cut, widths = {}, {}  # id(variable) -> {axis: positions}; layer name -> output channels
     for group in channels.channel_groups(model):
-        gone = whole_blocks(group, gone_channels(group))
+        gone = whole_blocks(group, liveness.gone_channels(group))
         if len(gone) == group.size:
             gone = gone[1:]  # a layer keeps one channel; it outputs 0 or is unread
-        if not gone or any(_width_key(_layer(model, s.layer)) is None for s in group.producers):
+        if not gone or any(layer_kinds.width_key(_layer(model, s.layer)) is None for s in group.producers):
             continue
         for s in group.producers + group.followers + group.consumers:
             axes = cut.setdefault(id(s.variable), {})
@@ -142,7 +107,7 @@ def slim(model):
     def narrower(layer):
         config = layer.get_config()
         if layer.name in widths:
-            config[_width_key(layer)] = widths[layer.name]
+            config[layer_kinds.width_key(layer)] = widths[layer.name]
         return type(layer).from_config(config)
 
     # Keras compiles a clone like its source: here that would attach the

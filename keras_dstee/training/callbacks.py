@@ -11,6 +11,7 @@ import keras
 
 from keras_dstee import arguments
 from keras_dstee.structure import channels
+from keras_dstee.structure import liveness
 from keras_dstee.training import blocks
 from keras_dstee.training import channel_sparsity as channel_rules
 from keras_dstee.training import methods
@@ -536,7 +537,7 @@ class SparseTraining(keras.callbacks.Callback):
                         stacklevel=2,
                     )
                     self._groups = []
-        return channel_rules.live_fraction(self._groups, self.optimizer)
+        return liveness.live_fraction(self._groups, {id(k.variable): k.mask for k in self.optimizer.kernels})
 
 
 def _schedule_is_over(optimizer):

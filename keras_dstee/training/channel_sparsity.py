@@ -29,7 +29,6 @@ import numpy as np
 from keras import ops
 
 from keras_dstee import arguments
-from keras_dstee.structure import channels
 from keras_dstee.training import schedule
 from keras_dstee.training import updates
 from keras_dstee.training.constraints import MaskConstraint
@@ -382,35 +381,3 @@ def update_counts(mask, allowed, target, fraction=None):
 def _segments(index, total):
     """`index` with its -1 entries sent to the spare segment `total`."""
     return np.where(index < 0, total, index).astype("int32")
-
-
-def live_fraction(groups, optimizer=None):
-    """Fraction of the removable channels alive: with an active weight in
-    their fan-in and, when something reads them, in their fan-out (by the
-    optimizer's masks where it has them, else the weights' nonzeros).
-    None for a model without removable channels."""
-    masks = {}
-    if optimizer is not None:
-        masks = {id(k.variable): k.mask for k in optimizer.kernels}
-    total = live = 0
-    for group in groups:
-        if not group.removable:
-            continue
-        total += group.size
-        live += int(np.sum(live_channels(group, masks)))
-    return None if total == 0 else live / total
-
-
-def live_channels(group, masks):
-    """Per channel of `group`, whether it is alive (a bool array)."""
-
-    def active(slices):
-        found = np.zeros(group.size, bool)
-        for s in slices:
-            if len(s.variable.shape) > 1:
-                found |= channels.nonzero_channels(s, masks.get(id(s.variable)))
-        return found
-
-    kernels_read = [s for s in group.consumers if len(s.variable.shape) > 1]
-    fan_out = active(kernels_read) if kernels_read else np.ones(group.size, bool)
-    return active(group.producers) & fan_out
