@@ -15,7 +15,6 @@ table (mean +- std over seeds).
 import argparse
 import json
 import os
-import platform
 import statistics
 
 import keras
@@ -24,6 +23,7 @@ from common import METHODS
 from common import RESULTS
 from common import continue_report
 from common import load_cifar10
+from common import machine
 from common import spread
 from common import train_cifar
 
@@ -61,7 +61,7 @@ def main():
     report = {
         "command": "python benchmarks/accuracy.py" + (" --quick" if args.quick else ""),
         "backend": keras.backend.backend(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine("cores"),
         "train_images": len(data[0][0]),
         "epochs": epochs,
         "update_freq": update_freq,

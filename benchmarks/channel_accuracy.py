@@ -36,6 +36,7 @@ from common import RESULTS
 from common import load_cifar10
 from common import spread
 from common import train_cifar
+from common import write_table
 
 from keras_dstee.layers import prunable_variables
 
@@ -160,10 +161,7 @@ def main():
                     with open(out, "w") as f:
                         json.dump(runs, f, indent=1)
                     print(k, f"{run['test_accuracy']:.4f}", flush=True)
-    text = table(runs)
-    with open(out.replace(".json", ".md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    write_table(out.replace(".json", ".md"), table(runs))
 
 
 if __name__ == "__main__":

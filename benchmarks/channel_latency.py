@@ -32,7 +32,6 @@ loaded twice). Results go to `benchmarks/results/channel_latency/`.
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -40,6 +39,8 @@ import keras
 import numpy as np
 from common import RESULTS
 from common import load_cifar10
+from common import machine
+from common import write_table
 from inference_latency import alternated_latency
 
 import keras_dstee
@@ -231,14 +232,12 @@ def main():
                 print(backend, key, json.dumps(entry), flush=True)
     predict_runs = ", ".join(f"{n} ({backend})" for backend, n in results.get("predict_runs", {}).items())
     text = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; TFLite: median of "
+        f"{machine()}; TFLite: median of "
         f"{results.get('runs', args.runs)} alternated runs at batch 1, float32; predict: median of "
         f"{predict_runs or '-'}\n\n"
         + table(results)
     )
-    with open(os.path.join(FOLDER, "table.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    write_table(os.path.join(FOLDER, "table.md"), text)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import statistics
 import time
 
@@ -15,6 +16,19 @@ CIFAR10 = os.environ.get("CIFAR10", os.path.join(ROOT, "..", "shared", "data", "
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 # Dense first, then every registered method (registration order).
 METHODS = ("dense", *keras_dstee.methods.names())
+
+
+def machine(unit="CPUs"):
+    """The machine a figure was measured on, for a table's header."""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} {unit}"
+
+
+def write_table(path, text):
+    """Writes a benchmark's markdown table (`text`, header included) to
+    `path` and prints it."""
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    print(text)
 
 
 def continue_report(out, report, setup_keys):

@@ -31,7 +31,6 @@ override the study's settings; with `--variants`, no selection runs
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 
@@ -40,8 +39,10 @@ from common import BUILDERS
 from common import RESULTS
 from common import continue_report
 from common import load_cifar10
+from common import machine
 from common import spread
 from common import train_cifar
+from common import write_table
 
 VARIANTS = {
     "dstee": {},
@@ -162,7 +163,7 @@ def main():
     report = {
         "command": " ".join(["python benchmarks/exploration_regimes.py", *sys.argv[1:]]),
         "backend": keras.backend.backend(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine("cores"),
         **setup,
         "runs": [],
     }
@@ -215,10 +216,8 @@ def main():
         f"masks updated every {setup['update_freq']} steps until 75% of training; backend {report['backend']}, "
         f"{report['machine']}\n\nSelection: {selection}\n\n" + paired_table(table_runs, variants)
     )
-    with open(stem + ".md", "w") as f:
-        f.write(text + "\n")
     plot(table_runs, variants, stem + ".png")
-    print(text)
+    write_table(stem + ".md", text)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ Writes `benchmarks/results/export_rules.json` and `.md`.
 import argparse
 import json
 import os
-import platform
 import tempfile
 
 import keras
 import numpy as np
 from common import RESULTS
+from common import machine
+from common import write_table
 from inference_latency import MODELS
 from inference_latency import alternated_latency
 
@@ -105,7 +106,7 @@ def main():
         measure(f"mlp, (16, 1) blocks @ {sparsity}, full int8", files)
 
     lines = [
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; batch 1, median of {args.runs} "
+        f"{machine()}; batch 1, median of {args.runs} "
         "alternated runs; ratio to the dense file of the same precision (A/A: dense against its copy)",
         "",
         "| model | file | KB | 1 thread: ms, ratio (A/A) | 2 threads: ms, ratio (A/A) |",
@@ -117,9 +118,7 @@ def main():
     text = "\n".join(lines)
     with open(os.path.join(RESULTS, "export_rules.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    with open(os.path.join(RESULTS, "export_rules.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    write_table(os.path.join(RESULTS, "export_rules.md"), text)
 
 
 if __name__ == "__main__":

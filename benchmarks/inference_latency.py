@@ -27,7 +27,6 @@ re-running skips what is there (accuracy of every seed; latency of seed 0).
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -35,6 +34,8 @@ import keras
 import numpy as np
 from common import RESULTS
 from common import load_cifar10
+from common import machine
+from common import write_table
 
 import keras_dstee
 
@@ -282,13 +283,10 @@ def main():
                 }
             )
     text = (
-        f"backend {keras.backend.backend()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs; latency: median of {args.runs} alternated runs, batch 1, float32\n\n"
+        f"backend {keras.backend.backend()}, {machine()}; latency: median of {args.runs} alternated runs, batch 1, float32\n\n"
         + latency_table(rows)
     )
-    with open(os.path.join(folder, "table.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    write_table(os.path.join(folder, "table.md"), text)
 
 
 if __name__ == "__main__":
