@@ -1,28 +1,21 @@
 """The callbacks users pass to `fit`: `SparseTraining` with any method, and
 `DSTEE` and the baselines as shortcuts."""
 
-import difflib
-import inspect
 import math
 import sys
 import warnings
 
 import keras
 
-from keras_dstee import arguments
 from keras_dstee.structure import channels
 from keras_dstee.structure import liveness
-from keras_dstee.training import blocks
 from keras_dstee.training import channel_sparsity as channel_rules
-from keras_dstee.training import methods
 from keras_dstee.training import schedule
 from keras_dstee.training import wrapping
-from keras_dstee.training.distributions import DISTRIBUTIONS
-from keras_dstee.training.distributions import layer_densities
 from keras_dstee.training.kernels import active_positions
-from keras_dstee.training.optimizer import INITIAL_MASKS
 from keras_dstee.training.optimizer import find_sparse_optimizer
-from keras_dstee.training.optimizer import resolve_rescale
+from keras_dstee.training.settings import FIELDS
+from keras_dstee.training.settings import Settings
 
 
 def _strategy_name(tf, strategy):
@@ -190,50 +183,32 @@ class SparseTraining(keras.callbacks.Callback):
         **method_settings,
     ):
         super().__init__()
-        self._check_method_settings(method, method_settings)
-        self.method = methods.get(method, **method_settings)
-        self.sparsity = arguments.number("sparsity", sparsity, 0, 1, high_open=True)
-        if isinstance(distribution, dict):
-            distribution = arguments.sparsity_map(distribution)
-        elif not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
-            raise ValueError(
-                f"Unknown `distribution={distribution!r}`. Expected one of "
-                f"{DISTRIBUTIONS}, or a dict of layer name/regex to sparsity."
-            )
-        self.distribution = distribution
-        self.update_freq = arguments.integer(
-            "update_freq", update_freq, 1, " (optimizer steps between mask updates)"
+        # Checked once, kept as one record; read as `self.<setting>`.
+        self.settings = Settings.checked(
+            type(self).__name__,
+            method,
+            sparsity=sparsity,
+            distribution=distribution,
+            update_freq=update_freq,
+            drop_fraction=drop_fraction,
+            begin=begin,
+            end=end,
+            end_step=end_step,
+            rescale=rescale,
+            seed=seed,
+            exclude=exclude,
+            include_embeddings=include_embeddings,
+            dense_first=dense_first,
+            dense_last=dense_last,
+            erk_power_scale=erk_power_scale,
+            reset_regrown=reset_regrown,
+            block_size=block_size,
+            initial_mask=initial_mask,
+            channel_sparsity=channel_sparsity,
+            min_channels=min_channels,
+            channel_begin=channel_begin,
+            **method_settings,
         )
-        self.drop_fraction = arguments.number("drop_fraction", drop_fraction, 0, 1)
-        self.end = arguments.number("end", end, 0, 1, low_open=True)
-        self.begin = arguments.number("begin", begin, 0, self.end, high_open=True)
-        self.end_step = arguments.optional_integer(
-            "end_step", end_step, 1, " (optimizer steps) or None"
-        )
-        self.initial_mask = arguments.choice("initial_mask", initial_mask, INITIAL_MASKS)
-        self.rescale = resolve_rescale(rescale, self.initial_mask)
-        self.seed = arguments.seed(seed)
-        self.exclude = arguments.layer_patterns("exclude", exclude)
-        self.include_embeddings = arguments.boolean("include_embeddings", include_embeddings)
-        self.dense_first = arguments.boolean("dense_first", dense_first)
-        self.dense_last = arguments.boolean("dense_last", dense_last)
-        self.erk_power_scale = arguments.number("erk_power_scale", erk_power_scale, 0, math.inf, high_open=True)
-        self.reset_regrown = arguments.boolean("reset_regrown", reset_regrown)
-        self.block_size = blocks.check_block_size(block_size)
-        self.channel_sparsity, self.min_channels = channel_rules.check_settings(channel_sparsity, min_channels)
-        if self.channel_sparsity > 0 and self.block_size is not None:
-            raise ValueError("`channel_sparsity` and `block_size` can't be combined yet: use one of them.")
-        self.channel_begin = channel_begin
-        if channel_begin is not None:
-            self.channel_begin = channel_rules.check_begin(channel_begin, self.channel_sparsity, self.begin, self.end)
-        start = self.method.initial_sparsity
-        if start is not None and not isinstance(distribution, dict) and start > self.sparsity:
-            raise ValueError(
-                f"`initial_sparsity={start}` is above `sparsity={self.sparsity}`: "
-                f"{type(self).__name__} only raises the sparsity, from `initial_sparsity` "
-                "at `begin` to `sparsity` at `end`. Give an `initial_sparsity` at or "
-                "below `sparsity`."
-            )
         self.optimizer = None
         self._model_id = None
         self._schedule = None
@@ -241,33 +216,12 @@ class SparseTraining(keras.callbacks.Callback):
         self._skipped_updates = 0
         self._groups = None
 
-    def _check_method_settings(self, method, settings):
-        """A keyword that is neither a callback argument nor one of the
-        method's settings: the error lists both, with the closest name."""
-        if isinstance(method, str) and method in methods.names():
-            method = methods.registered(method)
-        if not (isinstance(method, type) and issubclass(method, methods.Method)):
-            return  # methods.get says what is wrong
-        unknown = sorted(set(settings) - set(method.setting_names))
-        if not unknown:
-            return
-        own = [
-            name
-            for name in inspect.signature(SparseTraining.__init__).parameters
-            if name not in ("self", "method", "method_settings")
-        ]
-        valid = own + list(method.setting_names)
-        close = [m for name in unknown for m in difflib.get_close_matches(name, valid, n=1)]
-        hint = f" Did you mean `{'`, `'.join(close)}`?" if close else ""
-        settings_text = (
-            f"; the settings of method {method.name!r}: {', '.join(method.setting_names)}"
-            if method.setting_names
-            else ""
-        )
-        raise ValueError(
-            f"{type(self).__name__} does not take `{'`, `'.join(unknown)}`.{hint} "
-            f"Its arguments: {', '.join(own)}{settings_text}."
-        )
+    def __getattr__(self, name):
+        # The settings read as attributes (`callback.sparsity`), as before.
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in FIELDS:
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def on_train_begin(self, logs=None):
         # Keras calls this from its `CallbackList`, which is `self` there.
@@ -331,24 +285,6 @@ class SparseTraining(keras.callbacks.Callback):
             f"{type(self).__name__}, or `steps_per_epoch` to `fit`."
         )
 
-    def _densities(self, model, sparsity=None):
-        """The planned densities, at `sparsity` (default: the target)."""
-        distribution = self.distribution
-        if sparsity is not None and isinstance(distribution, dict):
-            # A pruning method's start: each mapped layer at `sparsity`, or
-            # at its own target if that is lower.
-            distribution = {k: min(v, sparsity) for k, v in distribution.items()}
-        return layer_densities(
-            model,
-            self.sparsity if sparsity is None else sparsity,
-            distribution,
-            exclude=self.exclude,
-            include_embeddings=self.include_embeddings,
-            dense_first=self.dense_first,
-            dense_last=self.dense_last,
-            erk_power_scale=self.erk_power_scale,
-        )
-
     def _warn_if_settings_differ(self, model, existing):
         """A model already training sparse keeps its masks and settings; the
         user hears about every setting of this callback that is not used."""
@@ -364,13 +300,13 @@ class SparseTraining(keras.callbacks.Callback):
         wanted["block_size"] = self.block_size
         wanted["channel_sparsity"] = self.channel_sparsity
         if self.channel_sparsity > 0:
-            wanted["channel_begin"] = self._channel_begin_in_schedule()
+            wanted["channel_begin"] = self.settings.channel_begin_in_schedule()
         differ = [
             f"{k}={getattr(existing, k)!r} (asked: {v!r})"
             for k, v in wanted.items()
             if getattr(existing, k) != v
         ]
-        densities = self._densities(model)
+        densities = self.settings.densities(model)
         asked = {
             id(v): active_positions(tuple(v.shape), densities[v.path], self.block_size)
             for v in model.trainable_variables
@@ -398,36 +334,16 @@ class SparseTraining(keras.callbacks.Callback):
             optimizer = optimizer.inner_optimizer
         initial = None
         if self.method.initial_sparsity is not None:
-            initial = self._densities(model, self.method.initial_sparsity)
+            initial = self.settings.densities(model, self.method.initial_sparsity)
         return wrapping.wrap(
             model,
             optimizer,
-            self._densities(model),
-            method=self.method,
-            update_freq=self.update_freq,
-            drop_fraction=self.drop_fraction,
+            self.settings.densities(model),
             end_step=self._schedule[1],
             initial_densities=initial,
-            reset_regrown=self.reset_regrown,
-            rescale=self.rescale,
-            seed=self.seed,
-            block_size=self.block_size,
-            initial_mask=self.initial_mask,
-            channel_sparsity=self.channel_sparsity,
-            # Without channels to remove, `min_channels` does nothing and
-            # has been warned about once already, here.
-            min_channels=self.min_channels if self.channel_sparsity else channel_rules.DEFAULT_MIN_CHANNELS,
-            channel_begin=self._channel_begin_in_schedule(),
             channel_groups=self._groups,
+            **self.settings.optimizer_arguments(),
         )
-
-    def _channel_begin_in_schedule(self):
-        """`channel_begin` (a fraction of the run, like `begin` and `end`) as
-        the optimizer takes it: a fraction of the mask-update schedule."""
-        if self.channel_begin is None:
-            return 0.0
-        end = 1.0 if self.end_step is not None else self.end
-        return schedule.fraction_of_schedule(self.channel_begin, self.begin, end)
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._schedule_pending:
@@ -447,7 +363,7 @@ class SparseTraining(keras.callbacks.Callback):
         if self.optimizer.changes_masks:
             total = steps * self.params["epochs"] if steps else None
             # With `channel_begin`, the updates that count are those removing channels.
-            first = begin + round(self._channel_begin_in_schedule() * (end - begin))
+            first = begin + round(self.settings.channel_begin_in_schedule() * (end - begin))
             self._warn_if_few_updates(step, run_start, run_start + first, run_start + end, total)
 
     def _warn_if_few_updates(self, step, run_start, start, end, total):

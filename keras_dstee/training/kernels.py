@@ -8,10 +8,21 @@ import math
 import numpy as np
 from keras import ops
 
+from keras_dstee import arguments
 from keras_dstee.training import blocks
 from keras_dstee.training import updates
 from keras_dstee.training.constraints import MaskConstraint
 from keras_dstee.training.distributions import active_count
+
+#: How the initial masks are chosen: at random (training from scratch) or
+#: by weight magnitude (sparsifying a pretrained model).
+INITIAL_MASKS = ("random", "magnitude")
+
+
+def resolve_rescale(rescale, initial_mask):
+    """`rescale` as given, or by default only for random initial masks:
+    rescaling suits a fresh dense initialisation, not trained weights."""
+    return initial_mask == "random" if rescale is None else arguments.boolean("rescale", rescale)
 
 
 @dataclasses.dataclass(eq=False)

@@ -18,18 +18,10 @@ from keras_dstee.training import control
 from keras_dstee.training import mask_update
 from keras_dstee.training import methods
 from keras_dstee.training import statistics
+from keras_dstee.training.kernels import INITIAL_MASKS
 from keras_dstee.training.kernels import active_positions
 from keras_dstee.training.kernels import add_kernel
-
-#: How the initial masks are chosen: at random (training from scratch) or
-#: by weight magnitude (sparsifying a pretrained model).
-INITIAL_MASKS = ("random", "magnitude")
-
-
-def resolve_rescale(rescale, initial_mask):
-    """`rescale` as given, or by default only for random initial masks:
-    rescaling suits a fresh dense initialisation, not trained weights."""
-    return initial_mask == "random" if rescale is None else arguments.boolean("rescale", rescale)
+from keras_dstee.training.kernels import resolve_rescale
 
 
 def find_sparse_optimizer(optimizer):
