@@ -219,7 +219,7 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
     recalibrated = {}
     if sparse and args.channel_sparsity > 0:
         # The layers after removed channels keep part of their old inputs'
-        # BatchNormalization statistics (README, "Channels"): re-estimate them.
+        # BatchNormalization statistics (docs/channels.md): re-estimate them.
         _, stale = model.evaluate(test_ds, verbose=0, **evaluate_steps)
         keras_dstee.recalibrate_batch_norm(model, train_ds, batch_size=args.batch_size)
         recalibrated = {"test_accuracy_stale_bn": float(stale)}

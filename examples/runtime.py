@@ -1,7 +1,7 @@
 """What the examples do around training: the devices (`--distribute`),
 the precision (`--dtype-policy`), and runs that resume after a kill.
 
-Launch commands (README, "Scaling out"): one host uses every local
+Launch commands (docs/scaling-out.md): one host uses every local
 accelerator with `--distribute auto` (the default): JAX through
 `keras.distribution.DataParallel`, TensorFlow through `MirroredStrategy`;
 PyTorch trains on one device (Keras has no multi-device `fit` on torch).
@@ -128,7 +128,7 @@ def configure(args):
 
         if os.environ.get("TF_CONFIG"):
             # keras_dstee supports MultiWorkerMirroredStrategy, but Keras's
-            # own `fit` does not yet (README, "Scaling out").
+            # own `fit` does not yet (docs/scaling-out.md).
             raise SystemExit(
                 "TF_CONFIG is set, but Keras 3's `fit` fails under MultiWorkerMirroredStrategy "
                 "(keras-team/keras#20585), so these examples cannot train on several TensorFlow "

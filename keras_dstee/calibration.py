@@ -4,7 +4,7 @@ The converter measures each activation's range on a few hundred inputs (its
 `representative_dataset`). Users hold those inputs as a NumPy array, a
 `tf.data.Dataset` or a generator, batched or not, alone or with labels; this
 module turns any of them into one array per model input, one sample per row,
-so the samples can also travel to a TensorFlow-backend subprocess as `.npz`.
+so the samples can also travel to a TensorFlow-backend process as `.npz`.
 `recalibrate_batch_norm` reads its data the same way.
 """
 

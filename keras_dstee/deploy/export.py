@@ -84,7 +84,7 @@ def export_saved_model(model, path, slim=False):
 
     Works from every backend: TensorFlow and JAX export directly (JAX through
     jax2tf); PyTorch rebuilds the model from its `.keras` file under the
-    TensorFlow backend in a subprocess. The model itself is not modified.
+    TensorFlow backend in another process. The model itself is not modified.
 
     Args:
         model: a Keras model.

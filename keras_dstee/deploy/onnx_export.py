@@ -5,7 +5,7 @@ The kernels are physically zero, so the ONNX initializers keep the masks'
 zeros (ONNX has no sparse storage that runtimes execute; a zipped file
 shrinks with the sparsity). TensorFlow exports with tf2onnx and PyTorch with
 `torch.onnx`, in process. JAX goes through the model's `.keras` file into a
-TensorFlow-backend subprocess: Keras's JAX route (jax2onnx 0.17) writes a
+TensorFlow-backend process: Keras's JAX route (jax2onnx 0.17) writes a
 MaxPool node that onnxruntime 1.32 rejects ("Unsupported pooling size",
 measured), so TensorFlow's route is the one that works for JAX models.
 """

@@ -5,7 +5,7 @@ batches with momentum 0.99, so they also remember the inputs of a few
 hundred steps ago. When channels go during training (`channel_sparsity`),
 the layers after them see other inputs at every mask update, and at the end
 of a short run the moving statistics still carry the old ones: the model
-does worse in inference than in training (README, "Channels"). Averaging the
+does worse in inference than in training (docs/channels.md). Averaging the
 batch statistics of the final weights over some training data, as PyTorch's
 `torch.optim.swa_utils.update_bn` does after weight averaging, removes that
 gap; no weight changes.

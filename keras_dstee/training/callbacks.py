@@ -60,8 +60,7 @@ def _check_distribution(model):
     if replicas > 1:
         hint = (
             " On torch, train with a custom loop in which every process applies "
-            "the same all-reduced gradients through `SparseOptimizer` (README, "
-            "\"Scaling out\")."
+            "the same all-reduced gradients through `SparseOptimizer` (docs/scaling-out.md)."
             if setup == "torch.distributed"
             else ""
         )
