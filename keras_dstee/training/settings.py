@@ -54,31 +54,34 @@ class Settings:
     def checked(
         cls,
         owner,
-        method="dstee",
-        sparsity=0.9,
-        distribution="erk",
-        update_freq=100,
-        drop_fraction=0.3,
-        begin=0.0,
-        end=0.75,
-        end_step=None,
-        rescale=None,
-        seed=None,
-        exclude=None,
-        include_embeddings=False,
-        dense_first=False,
-        dense_last=False,
-        erk_power_scale=1.0,
-        reset_regrown=True,
-        block_size=None,
-        initial_mask="random",
-        channel_sparsity=0.0,
-        min_channels=channel_rules.DEFAULT_MIN_CHANNELS,
-        channel_begin=None,
+        method,
+        *,
+        sparsity,
+        distribution,
+        update_freq,
+        drop_fraction,
+        begin,
+        end,
+        end_step,
+        rescale,
+        seed,
+        exclude,
+        include_embeddings,
+        dense_first,
+        dense_last,
+        erk_power_scale,
+        reset_regrown,
+        block_size,
+        initial_mask,
+        channel_sparsity,
+        min_channels,
+        channel_begin,
         **method_settings,
     ):
         """Checks every setting (a `ValueError` naming the argument, with
-        `owner`, the callback's name, in the message) and returns the record."""
+        `owner`, the callback's name, in the message) and returns the record.
+        The defaults are the callback's (`SparseTraining`): every setting is
+        given here."""
         _check_method_settings(owner, method, method_settings)
         method = methods.get(method, **method_settings)
         sparsity = arguments.number("sparsity", sparsity, 0, 1, high_open=True)
