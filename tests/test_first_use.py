@@ -363,3 +363,25 @@ def test_examples_give_torch_one_thread_per_free_core(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@only_on("jax", "file descriptors are the same on every backend")
+def test_quiet_passes_warnings_and_failures_through(monkeypatch, capfd):
+    from keras_dstee.deploy import quiet
+
+    with pytest.warns(UserWarning, match="still reaches the user"):
+        with quiet.quiet():
+            os.write(2, b"native chatter\n")
+            warnings.warn("still reaches the user", UserWarning, stacklevel=1)
+    assert "native chatter" not in capfd.readouterr().err
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with quiet.quiet():
+            os.write(2, b"the converter's last words\n")
+            raise RuntimeError("conversion failed")
+    assert "the converter's last words" in capfd.readouterr().err  # shown on failure
+    # A process without standard streams: the block still runs.
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "dup", lambda fd: (_ for _ in ()).throw(OSError("bad file descriptor")))
+        with quiet.quiet():
+            ran = True
+    assert ran

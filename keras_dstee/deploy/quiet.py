@@ -21,7 +21,11 @@ def quiet():
     """Silences file descriptors 1 and 2 for the block (shown on failure)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # a process without them (closed stdio): nothing to silence
+        yield
+        return
     with tempfile.TemporaryFile() as log, warnings.catch_warnings(record=True) as caught:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
