@@ -1,6 +1,8 @@
 """Spike for issue 36 (a time-boxed feasibility check, not library code):
-conv + BatchNormalization, Functional model, SGD momentum: in place, at the end of epoch 1, conv1 loses 4 of its 8 filters (whose weights,
-BN scale and shift were zeroed first, as channel removal leaves them).
+a Functional conv -> BatchNormalization -> conv model with SGD momentum;
+in place, at the end of epoch 1, conv1 loses 4 of its 8 filters (whose
+weights, bias and BN scale and shift were zeroed first, as channel removal
+leaves them), the momentum is sliced, and `fit` goes on.
 
     KERAS_BACKEND=jax python benchmarks/spikes/shrink_in_place_conv.py
 """

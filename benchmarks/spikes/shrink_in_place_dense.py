@@ -1,9 +1,8 @@
 """Spike for issue 36 (a time-boxed feasibility check, not library code):
-can a callback shrink a model in place at an epoch boundary inside
-one `fit`, on this backend? Dense 16 -> 32 -> 32 -> 4
-at the end of epoch 1,
-hidden layer 1 loses half its units (the model object the user holds stays
-the same), the optimizer is rebuilt with sliced slots, and `fit` goes on.
+can a callback shrink a model in place at an epoch boundary inside one
+`fit`? A Dense 16-32-32-4 model with Adam; at the end of epoch 1 hidden
+layer 1 loses half its units (the model object the user holds stays the
+same), Adam is rebuilt with its slots sliced, and `fit` goes on.
 
     KERAS_BACKEND=jax python benchmarks/spikes/shrink_in_place_dense.py
 """
