@@ -28,6 +28,7 @@ from keras_dstee.training.callbacks import SparseTraining
 from keras_dstee.training.callbacks import Static
 from keras_dstee.training.distributions import layer_densities
 from keras_dstee.training.optimizer import SparseOptimizer
+from keras_dstee.training.shrinking import shrink
 from keras_dstee.training.wrapping import strip
 from keras_dstee.version import __version__
 
@@ -76,6 +77,7 @@ __all__ = [
     "methods",
     "models",
     "recalibrate_batch_norm",
+    "shrink",
     "slim",
     "strip",
     "summary",

@@ -1,7 +1,5 @@
 """`summary(model)`: per-kernel density, nonzeros and inference FLOPs."""
 
-import math
-import re
 
 import keras
 import numpy as np
@@ -10,6 +8,7 @@ from keras_dstee import arguments
 from keras_dstee import host
 from keras_dstee.layers import layer_prunable_weights
 from keras_dstee.structure import channels
+from keras_dstee.structure import flops
 from keras_dstee.structure import liveness
 from keras_dstee.training.optimizer import find_sparse_optimizer
 
@@ -51,40 +50,6 @@ def _record_call_shapes(model, prunable_layers, input_shape):
             else:
                 layer.call = shadowed[id(layer)]
     return shapes
-
-
-def _einsum_macs(equation, in_shape, kernel_shape, out_shape):
-    match = re.fullmatch(r"(\w+),(\w+)->(\w+)", equation.replace(" ", ""))
-    if match is None:
-        return None
-    sizes = {}
-    for subscripts, shape in zip(match.groups(), (in_shape, kernel_shape, out_shape)):
-        sizes.update(zip(subscripts, shape))
-    return math.prod(sizes.values())
-
-
-def _macs(layer, variable, in_shape, out_shape):
-    """Multiply-adds of one call of `layer` for `variable`, batch 1."""
-    kernel = tuple(variable.shape)
-    size = math.prod(kernel)
-    if isinstance(layer, keras.layers.Embedding):
-        return 0
-    if isinstance(layer, keras.layers.EinsumDense):
-        macs = _einsum_macs(layer.equation, in_shape, kernel, out_shape)
-        if macs is not None:
-            return macs
-    if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
-        positions = math.prod(out_shape[1:]) // layer.filters
-        return size * positions
-    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
-        return size * math.prod(out_shape[1:]) // (kernel[-2] * kernel[-1])
-    if isinstance(
-        layer,
-        (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose),
-    ):
-        return size * math.prod(in_shape[1:]) // kernel[-1]
-    # Dense, Conv and custom kernels whose last axis is the output features.
-    return size * math.prod(out_shape[1:]) // kernel[-1]
 
 
 def summary(model, input_shape=None, print_fn=None, optimizer=None):
@@ -152,7 +117,7 @@ def summary(model, input_shape=None, print_fn=None, optimizer=None):
             # Without the wrapper (a stripped or loaded model) the zeros tell.
             count = active.get(id(variable), nonzeros)
             density = count / value.size
-            flops = sum(_macs(layer, variable, i, o) for i, o in shapes[id(layer)])
+            flops = sum(flops.macs(layer, variable, i, o) for i, o in shapes[id(layer)])
             rows.append(
                 {
                     "layer": layer.name,

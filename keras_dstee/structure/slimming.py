@@ -20,6 +20,7 @@ from keras_dstee import host
 from keras_dstee import layer_kinds
 from keras_dstee.structure import channels
 from keras_dstee.structure import liveness
+from keras_dstee.structure import rebuilding
 
 # Block lengths looked for along a Dense kernel's channel axis, longest
 # first: TFLite's int8 sparse kernel needs 16, its float one 4.
@@ -89,20 +90,16 @@ def slim(model):
         The slimmed model (uncompiled). `model` itself is not changed.
     """
     channels.check_graph_model(model, "slim")
-    cut, widths = {}, {}  # id(variable) -> {axis: positions}; layer name -> output channels
+    removed = []
     for group in channels.channel_groups(model):
         gone = whole_blocks(group, liveness.gone_channels(group))
         if len(gone) == group.size:
             gone = gone[1:]  # a layer keeps one channel; it outputs 0 or is unread
         if not gone or any(layer_kinds.width_key(_layer(model, s.layer)) is None for s in group.producers):
             continue
-        for s in group.producers + group.followers + group.consumers:
-            axes = cut.setdefault(id(s.variable), {})
-            axis = s.axis % len(s.variable.shape)
-            axes.setdefault(axis, set()).update(int(p) for c in gone for p in s.positions[c])
-        for s in group.producers:
-            if s.variable.name in ("kernel", "pointwise_kernel"):
-                widths[s.layer] = s.variable.shape[s.axis] - len(cut[id(s.variable)][s.axis % len(s.variable.shape)])
+        removed.append((group, gone))
+    # id(variable) -> {axis: positions}; layer name -> output channels
+    cut, widths = rebuilding.channel_cut(removed)
 
     def narrower(layer):
         config = layer.get_config()
@@ -124,10 +121,7 @@ def slim(model):
     new_layers = list(slimmed._flatten_layers(include_self=False, recursive=True))
     for old, new in zip(old_layers, new_layers):
         for old_weight, new_weight in zip(old.weights, new.weights):
-            value = keras.ops.convert_to_numpy(old_weight)
-            for axis, positions in cut.get(id(old_weight), {}).items():
-                value = np.delete(value, sorted(positions), axis=axis)
-            new_weight.assign(value)
+            new_weight.assign(rebuilding.sliced(keras.ops.convert_to_numpy(old_weight), cut.get(id(old_weight), {})))
     return slimmed
 
 

@@ -56,11 +56,42 @@ class ChannelPlan:
         sizes: channels of each removable group, in `channel_groups` order.
         layers: the producing layers' names of each group (for messages).
         axes: every `ChannelAxis`.
+        original_sizes: once the model has shrunk (`without`), each group's
+            channels before it did: the schedule and the floors count them.
+        dense_size: once shrunk, per channel the positions its producing
+            kernels had before (what its magnitude score is divided by).
     """
 
     sizes: list
     layers: list
     axes: list
+    original_sizes: list = None
+    dense_size: np.ndarray = None
+
+    @property
+    def original_total(self):
+        return int(sum(self.original_sizes if self.original_sizes is not None else self.sizes))
+
+    def without(self, gone, dense_size):
+        """The plan once the channels `gone` (a bool per channel) are cut
+        out of the model: their positions leave every axis and the others
+        are renumbered. `dense_size`: the current per-channel sizes."""
+        gone = np.asarray(gone, bool)
+        renumber = np.cumsum(~gone) - 1
+        axes = []
+        for a in self.axes:
+            keep = (a.index < 0) | ~gone[np.maximum(a.index, 0)]
+            index = a.index[keep]
+            axes.append(ChannelAxis(a.position, a.axis, a.role, np.where(index < 0, -1, renumber[np.maximum(index, 0)])))
+        offsets = self.offsets
+        sizes = [int(np.sum(~gone[offsets[g] : offsets[g + 1]])) for g in range(len(self.sizes))]
+        return ChannelPlan(
+            sizes=sizes,
+            layers=self.layers,
+            axes=axes,
+            original_sizes=list(self.original_sizes if self.original_sizes is not None else self.sizes),
+            dense_size=np.asarray(dense_size, "float32")[~gone],
+        )
 
     @property
     def total(self):
@@ -98,16 +129,27 @@ class ChannelPlan:
         )
 
     def get_config(self):
-        return {
+        config = {
             "sizes": [int(s) for s in self.sizes],
             "layers": [list(names) for names in self.layers],
             "axes": [[a.position, a.axis, a.role, _runs(a.index)] for a in self.axes],
         }
+        if self.original_sizes is not None:
+            config["original_sizes"] = [int(s) for s in self.original_sizes]
+            config["dense_size"] = [float(s) for s in self.dense_size]
+        return config
 
     @classmethod
     def from_config(cls, config):
         axes = [ChannelAxis(p, axis, role, _from_runs(runs)) for p, axis, role, runs in config["axes"]]
-        return cls(list(config["sizes"]), [list(n) for n in config["layers"]], axes)
+        dense_size = config.get("dense_size")
+        return cls(
+            list(config["sizes"]),
+            [list(n) for n in config["layers"]],
+            axes,
+            config.get("original_sizes"),
+            None if dense_size is None else np.asarray(dense_size, "float32"),
+        )
 
 
 def _runs(index):
@@ -125,6 +167,8 @@ def _runs(index):
 
 
 def _from_runs(runs):
+    if not runs:
+        return np.zeros(0, int)
     return np.concatenate([start + step * np.arange(length) for start, length, step in runs]).astype(int)
 
 
@@ -154,6 +198,17 @@ def check_begin(channel_begin, channel_sparsity, low, high):
             "is removed. Set `channel_sparsity` (e.g. 0.5), or leave `channel_begin` out."
         )
     return arguments.number("channel_begin", channel_begin, low, high, high_open=True)
+
+
+def check_end(channel_end, channel_sparsity, low, high):
+    """`channel_end`, a number in (low, high], refused where it has no
+    effect (`channel_sparsity=0`); returns it as a float."""
+    if channel_sparsity == 0:
+        raise ValueError(
+            f"`channel_end={channel_end!r}` has no effect with channel_sparsity=0: no channel "
+            "is removed. Set `channel_sparsity` (e.g. 0.5), or leave `channel_end` out."
+        )
+    return arguments.number("channel_end", channel_end, low, high, low_open=True)
 
 
 def removable_or_refuse(groups):
@@ -217,18 +272,23 @@ class ChannelState:
         shapes: each trainable variable's shape, by position.
         begin: fraction of the mask-update schedule before channels go;
             their cubic schedule then runs over the rest of it.
+        end: fraction of the mask-update schedule by which they reach
+            `channel_sparsity` (1: at its end).
     """
 
-    def __init__(self, plan, channel_sparsity, min_channels, alive, shapes, begin=0.0):
+    def __init__(self, plan, channel_sparsity, min_channels, alive, shapes, begin=0.0, end=1.0):
         self.plan = plan
         self.channel_sparsity = channel_sparsity
         self.begin = begin
+        self.end = end
         self.alive = alive
         self.shapes = shapes
         self.by_position = {}
         for a in plan.axes:
             self.by_position.setdefault(a.position, []).append(a)
-        self.floors = [max(1, math.ceil(min_channels * size * (1.0 - channel_sparsity))) for size in plan.sizes]
+        # Counted over the channels before any shrinking.
+        original = plan.original_sizes if plan.original_sizes is not None else plan.sizes
+        self.floors = [max(1, math.ceil(min_channels * size * (1.0 - channel_sparsity))) for size in original]
         total = plan.total
         # A consumer slice that can die: the channel dies with it.
         self.read = np.zeros(total + 1, "float32")
@@ -240,6 +300,8 @@ class ChannelState:
         for a in self._kernel_axes("producer"):
             per_position = math.prod(shapes[a.position]) // shapes[a.position][a.axis]
             np.add.at(self.dense_size, _segments(a.index, total), per_position)
+        if plan.dense_size is not None:
+            self.dense_size[:total] = plan.dense_size
 
     @property
     def positions(self):
@@ -299,8 +361,11 @@ class ChannelState:
         dense_size = ops.convert_to_tensor(np.maximum(self.dense_size, 1.0))
         score = self._per_channel(self._kernel_axes("producer"), magnitude) / dense_size
         score = score[:total]
-        goal = schedule.removed_channels(step, start, end, self.channel_sparsity, total, self.begin)
-        wanted = ops.cast(ops.maximum(goal - (total - ops.sum(alive)), 0.0), "int32")
+        original = self.plan.original_total
+        goal = schedule.removed_channels(step, start, end, self.channel_sparsity, original, self.begin, self.end)
+        # Channels cut out by shrinking are gone too.
+        gone = (original - total) + (total - ops.sum(alive))
+        wanted = ops.cast(ops.maximum(goal - gone, 0.0), "int32")
         eligible = self._eligible(alive, score)
         left, _ = updates.drop_and_grow(score, eligible, None, wanted, total, 0, 0)
         return alive * (1.0 - (eligible - left))

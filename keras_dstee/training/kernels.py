@@ -41,6 +41,10 @@ class SparseKernel:
         max_drop, max_grow: static bounds of one update in blocks (positions
             when unstructured), as `top_k` needs.
         block: the block shape over the last two axes, or None (unstructured).
+        dense_size: positions the kernel had before the model shrank
+            (`keras_dstee.shrink`); None while it has all of them.
+        cut_ever_active: of the positions shrinking cut away, how many were
+            ever active (they count in the logged `coverage`).
     """
 
     index: int
@@ -53,10 +57,17 @@ class SparseKernel:
     max_drop: int
     max_grow: int
     block: tuple = None
+    dense_size: int = None
+    cut_ever_active: int = 0
 
     @property
     def size(self):
         return math.prod(self.variable.shape)
+
+    @property
+    def original_size(self):
+        """Positions before any shrinking: what sparsity is measured over."""
+        return self.size if self.dense_size is None else self.dense_size
 
     @property
     def blocks(self):

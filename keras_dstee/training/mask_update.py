@@ -108,14 +108,16 @@ def scheduled_target(optimizer, kernel, step):
     initial_blocks, final_blocks = kernel.initial_active // per_block, kernel.active // per_block
     if optimizer.method.initial_sparsity is None:
         return ops.convert_to_tensor(final_blocks, "int32")
+    # Over the kernel's size before any shrinking, as the budget is.
+    cells = kernel.original_size // per_block
     density = schedule.scheduled_density(
         step,
         optimizer.start_step,
         optimizer.end_step_variable,
-        initial_blocks / kernel.blocks,
-        final_blocks / kernel.blocks,
+        initial_blocks / cells,
+        final_blocks / cells,
     )
-    return ops.clip(ops.cast(ops.round(density * kernel.blocks), "int32"), final_blocks, initial_blocks)
+    return ops.clip(ops.cast(ops.round(density * cells), "int32"), final_blocks, initial_blocks)
 
 def update_kernel(optimizer, kernel, grad, step, fraction, elapsed, number, allowed=None, target=None):
     """One kernel's mask update; returns its new `state`.
@@ -137,10 +139,10 @@ def update_kernel(optimizer, kernel, grad, step, fraction, elapsed, number, allo
         # Removed channels leave the mask; their weights are regrown
         # inside the live ones.
         grid_mask = grid_mask * allowed
-        swaps = optimizer.has_grow_rule and kernel.active < kernel.size
+        swaps = optimizer.has_grow_rule and kernel.active < kernel.original_size
         prune, regular, grow = channel_rules.update_counts(grid_mask, allowed, target, fraction if swaps else None)
         if optimizer.has_grow_rule:
-            scores = grow_scores(optimizer, weight, grad, counter, step, seed)
+            scores = grow_scores(optimizer, kernel, weight, grad, counter, step, seed)
         else:
             # A method without a grow rule regrows at random (SET's).
             scores = keras.random.uniform(ops.shape(weight), seed=seed)
@@ -156,7 +158,7 @@ def update_kernel(optimizer, kernel, grad, step, fraction, elapsed, number, allo
         if kernel.max_grow > 0:
             grow = ops.cast(ops.ceil(fraction * budget), "int32")
             grow = ops.minimum(grow, kernel.max_grow)
-            scores = blocks.to_blocks(grow_scores(optimizer, weight, grad, counter, step, seed), block)
+            scores = blocks.to_blocks(grow_scores(optimizer, kernel, weight, grad, counter, step, seed), block)
         drop = prune + grow
     keep = blocks.to_blocks(optimizer.method.drop_scores(weight, grad), block)
     new_mask, grown = updates.drop_and_grow(keep, grid_mask, scores, drop, kernel.max_drop, grow, kernel.max_grow)
@@ -167,8 +169,12 @@ def update_kernel(optimizer, kernel, grad, step, fraction, elapsed, number, allo
     new_slots = [masked(ops.convert_to_tensor(s), kept) for s in kernel.slots]
     return [new_mask, counter, masked(weight, kept)] + new_slots
 
-def grow_scores(optimizer, weight, grad, counter, step, seed):
+def grow_scores(optimizer, kernel, weight, grad, counter, step, seed):
     extra = {}
     if optimizer._grow_takes_progress:
         extra["progress"] = schedule.progress_at(step, optimizer.start_step, optimizer.end_step_variable)
+    if kernel.dense_size is not None and optimizer._grow_takes_dense_size:
+        # A shrunk kernel's cut positions had gradient 0: a mean over the
+        # kernel counts them, so it scores as its masked self.
+        extra["dense_size"] = kernel.dense_size
     return optimizer.method.grow_scores(weight, grad, counter, step, seed, **extra)

@@ -71,7 +71,10 @@ class Method:
 
         A method whose `grow_scores` also takes a `progress` argument gets
         how far the mask-update schedule has got (a scalar tensor, 0 at
-        its start, 1 at its end).
+        its start, 1 at its end); one that takes `dense_size` gets, for a
+        kernel the model shrank (`shrink=True`), how many positions it had
+        before (the cut ones had gradient 0), so a mean over the kernel
+        stays the masked run's.
         """
         raise NotImplementedError(f"{type(self).__name__} must define `grow_scores`.")
 
@@ -160,12 +163,12 @@ class DSTEE(RigL):
     def activity(self, steps):
         return steps if self.count == "steps" else ops.ones_like(steps)
 
-    def grow_scores(self, weight, grad, counter, step, seed, progress=None):
+    def grow_scores(self, weight, grad, counter, step, seed, progress=None, dense_size=None):
         scale = 1.0
         if self.bonus_decay == "cosine" and progress is not None:
             scale = schedule.cosine_decay(progress)
         return updates.grow_scores(
-            grad, counter, step, self.exploration, self.epsilon, self.normalize_gradients, scale
+            grad, counter, step, self.exploration, self.epsilon, self.normalize_gradients, scale, dense_size
         )
 
 

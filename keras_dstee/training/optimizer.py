@@ -143,8 +143,17 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             to `end_step`) that passes before channels go, in [0, 1); their
             cubic schedule then runs over the rest. 0 (default): from the
             first mask update.
+        channel_end: fraction of the mask-update schedule by which the
+            channels reach `channel_sparsity`, in (channel_begin, 1]: a
+            front-loaded removal, so that a run that shrinks
+            (`keras_dstee.shrink`) spends most of its steps small; the
+            weight masks still update until `end_step`. 1 (default): at
+            `end_step`.
         channel_groups: with `channel_sparsity`, the model's
             `keras_dstee.channel_groups(model)` (the callbacks pass it).
+        shrunk: set by `keras_dstee.shrink` (saved in the config): per
+            kernel, `[position, active, initial_active, positions before
+            shrinking, of those cut the ever-active]`. Leave it out.
         name: the optimizer's name.
     """
 
@@ -165,7 +174,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         channel_sparsity=0.0,
         min_channels=channel_rules.DEFAULT_MIN_CHANNELS,
         channel_begin=0.0,
+        channel_end=1.0,
         channel_groups=None,
+        shrunk=None,
         name=None,
         **kwargs,
     ):
@@ -192,7 +203,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.inner_optimizer = inner_optimizer
         self.method = methods.get(method, **method_settings)
         # Methods that ask for it get the schedule's progress.
-        self._grow_takes_progress = "progress" in inspect.signature(self.method.grow_scores).parameters
+        grow_parameters = inspect.signature(self.method.grow_scores).parameters
+        self._grow_takes_progress = "progress" in grow_parameters
+        self._grow_takes_dense_size = "dense_size" in grow_parameters
         self.densities = budget.checked_densities("densities", densities)
         self.initial_densities = None
         if initial_densities is not None:
@@ -220,7 +233,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.channel_begin = 0.0
         if channel_begin != 0:
             self.channel_begin = channel_rules.check_begin(channel_begin, self.channel_sparsity, 0, 1)
+        self.channel_end = 1.0
+        if channel_end != 1:
+            self.channel_end = channel_rules.check_end(channel_end, self.channel_sparsity, self.channel_begin, 1)
         self.channel_groups = channel_groups
+        self.shrunk = None if shrunk is None else [[int(n) for n in record] for record in shrunk]
         if self.channel_sparsity > 0:
             if self.block_size is not None:
                 raise ValueError(
@@ -298,9 +315,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             # Removing channels masks dense kernels too.
             if active < math.prod(shape) or self.channel_sparsity > 0:
                 self.kernels.append(add_kernel(self, index, variable, initial, active, block))
+        if self.shrunk is not None:
+            self._restore_shrunk_budgets()
         if self.channel_sparsity > 0:
             self._build_channels(var_list)
-        if all(k.active == k.size for k in self.kernels):
+        if all(k.active == k.original_size for k in self.kernels):
             warnings.warn(
                 "SparseOptimizer trains no kernel sparse: every variable in "
                 "`densities` has density 1 (or none is listed), so the model "
@@ -325,6 +344,17 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 stacklevel=2,
             )
 
+    def _restore_shrunk_budgets(self):
+        """A shrunk model's kernels keep the budgets (and the sizes the
+        logged sparsity is measured over) of the model before shrinking."""
+        records = {record[0]: record[1:] for record in self.shrunk}
+        budget = dict((id(v), n) for v, n in self.budget)
+        for k in self.kernels:
+            if k.index in records:
+                k.active, k.initial_active, k.dense_size, k.cut_ever_active = records[k.index]
+                budget[id(k.variable)] = k.active
+        self.budget = [(v, budget[id(v)]) for v, _ in self.budget]
+
     def _build_channels(self, var_list):
         """The channel plan, its `alive` flags, and the constraints that keep
         removed channels' other weights (biases, scales, unmasked kernels) 0."""
@@ -341,7 +371,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         )
         shapes = [tuple(v.shape) for v in var_list]
         self.channels = channel_rules.ChannelState(
-            plan, self.channel_sparsity, self.min_channels, alive, shapes, begin=self.channel_begin
+            plan, self.channel_sparsity, self.min_channels, alive, shapes, self.channel_begin, self.channel_end
         )
         masked_positions = {k.index for k in self.kernels}
         # (position, variable) pairs, not a dict: TensorFlow tracks the
@@ -497,6 +527,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             "min_channels": self.min_channels,
             "channel_begin": self.channel_begin,
             "channel_groups": groups if isinstance(groups, dict) else None,
+            # Written only when used: older files stay as they were.
+            **({"channel_end": self.channel_end} if self.channel_end != 1 else {}),
+            **({"shrunk": self.shrunk} if self.shrunk is not None else {}),
         }
 
     @classmethod

@@ -50,13 +50,14 @@ def scheduled_density(step, start_step, end_step, initial, final):
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
-def removed_channels(step, start_step, end_step, channel_sparsity, total, begin=0.0):
+def removed_channels(step, start_step, end_step, channel_sparsity, total, begin=0.0, end=1.0):
     """How many of `total` removable channels are gone at `step`: none until
     `begin` (a fraction of the schedule), then a cubic rise to
-    `channel_sparsity * total` at `end_step` (Chase's schedule)."""
+    `channel_sparsity * total` at `end` (a fraction of the schedule; 1:
+    `end_step`, Chase's schedule)."""
     progress = progress_at(step, start_step, end_step)
-    if begin > 0:
-        progress = ops.clip((progress - begin) / (1.0 - begin), 0.0, 1.0)
+    if begin > 0 or end < 1:
+        progress = ops.clip((progress - begin) / (end - begin), 0.0, 1.0)
     return ops.round(channel_sparsity * total * (1.0 - (1.0 - progress) ** 3))
 
 
@@ -118,3 +119,23 @@ def planned_updates(first, last, end, update_freq, at_end, run_end=None):
 def is_over(step, end):
     """Whether a schedule ending at `end` has ended by `step`."""
     return step >= end
+
+
+# A run that shrinks rebuilds at an epoch end once this fraction of the
+# model's removable channels is gone but still computed (each rebuild
+# costs a recompile), and once more when the channels reach their target.
+SHRINK_AT = 0.1
+
+
+def shrink_due(cuttable, channels, removal_over):
+    """Whether a run that shrinks rebuilds now: `cuttable` of the model's
+    `channels` removable channels are gone but still in it; `removal_over`
+    whether the channel schedule has reached its target."""
+    return cuttable > 0 and (removal_over or cuttable >= SHRINK_AT * channels)
+
+
+def removal_over(step, start_step, end_step, channel_end=1.0):
+    """Whether the channel schedule (ending at `channel_end`, a fraction of
+    the mask-update schedule `[start_step, end_step]`) is over at `step`
+    (host integers)."""
+    return step >= start_step + channel_end * (end_step - start_step)

@@ -49,6 +49,8 @@ class Settings:
     channel_sparsity: object
     min_channels: object
     channel_begin: object
+    channel_end: object
+    shrink: object
 
     @classmethod
     def checked(
@@ -76,6 +78,8 @@ class Settings:
         channel_sparsity,
         min_channels,
         channel_begin,
+        channel_end,
+        shrink,
         **method_settings,
     ):
         """Checks every setting (a `ValueError` naming the argument, with
@@ -117,6 +121,16 @@ class Settings:
             raise ValueError("`channel_sparsity` and `block_size` can't be combined yet: use one of them.")
         if channel_begin is not None:
             channel_begin = channel_rules.check_begin(channel_begin, channel_sparsity, begin, end)
+        if channel_end is not None:
+            low = begin if channel_begin is None else channel_begin
+            channel_end = channel_rules.check_end(channel_end, channel_sparsity, low, end)
+        shrink = arguments.boolean("shrink", shrink)
+        if shrink and channel_sparsity == 0:
+            raise ValueError(
+                f"{owner}(shrink=True) rebuilds the model without its removed channels, and "
+                "channel_sparsity=0 removes none: set `channel_sparsity` (e.g. 0.5), or leave "
+                "`shrink` out."
+            )
         start = method.initial_sparsity
         if start is not None and not isinstance(distribution, dict) and start > sparsity:
             raise ValueError(
@@ -147,6 +161,8 @@ class Settings:
             channel_sparsity=channel_sparsity,
             min_channels=min_channels,
             channel_begin=channel_begin,
+            channel_end=channel_end,
+            shrink=shrink,
         )
 
     def densities(self, model, sparsity=None):
@@ -175,6 +191,14 @@ class Settings:
         end = 1.0 if self.end_step is not None else self.end
         return schedule.fraction_of_schedule(self.channel_begin, self.begin, end)
 
+    def channel_end_in_schedule(self):
+        """`channel_end` (a fraction of the run) as a fraction of the
+        mask-update schedule, as the optimizer takes it."""
+        if self.channel_end is None:
+            return 1.0
+        end = 1.0 if self.end_step is not None else self.end
+        return schedule.fraction_of_schedule(self.channel_end, self.begin, end)
+
     def optimizer_arguments(self):
         """What `SparseOptimizer` takes from these settings (besides the
         densities, the schedule's end and the channel groups)."""
@@ -192,6 +216,7 @@ class Settings:
             # was warned about when the settings were checked).
             min_channels=self.min_channels if self.channel_sparsity else channel_rules.DEFAULT_MIN_CHANNELS,
             channel_begin=self.channel_begin_in_schedule(),
+            channel_end=self.channel_end_in_schedule(),
         )
 
 

@@ -28,9 +28,11 @@ def sparsity_stats(optimizer):
     kernels = {id(k.variable): k for k in optimizer.kernels}
     for variable, _ in optimizer.budget:
         weight = host.to_numpy(variable)
-        size += weight.size
-        zeros += int(np.sum(weight == 0))
         kernel = kernels.get(id(variable))
+        # Positions a shrink cut away count as zeros, as in the masked run.
+        cut = 0 if kernel is None else kernel.original_size - weight.size
+        size += weight.size + cut
+        zeros += int(np.sum(weight == 0)) + cut
         if kernel is None:
             active += weight.size
             ever_active += weight.size
@@ -38,7 +40,7 @@ def sparsity_stats(optimizer):
         mask = host.to_numpy(kernel.mask)
         counter = host.to_numpy(kernel.counter)
         active += int(np.sum(mask))
-        ever_active += int(np.sum((mask > 0) | (counter > 0)))
+        ever_active += int(np.sum((mask > 0) | (counter > 0))) + kernel.cut_ever_active
     step = int(host.to_numpy(optimizer.step))
     fraction = schedule.drop_fraction_at(
         step + 1,

@@ -9,7 +9,7 @@ an update happens and how much it moves is `schedule`'s.
 from keras import ops
 
 
-def grow_scores(grad, counter, step, exploration, epsilon, normalize=True, bonus_scale=1.0):
+def grow_scores(grad, counter, step, exploration, epsilon, normalize=True, bonus_scale=1.0, dense_size=None):
     """DST-EE's acquisition score `|g| / mean|g| + c * sqrt(ln t / (N + eps))`.
 
     With `normalize`, the gradient term is divided by its mean over the kernel
@@ -19,13 +19,16 @@ def grow_scores(grad, counter, step, exploration, epsilon, normalize=True, bonus
     order within a kernel, so `exploration=0` ranks exactly like RigL; that
     case skips the bonus and the division entirely, which also avoids
     `0 * inf` when `N = 0` and `epsilon = 0`. `bonus_scale` multiplies the
-    bonus (a decay over training).
+    bonus (a decay over training). `dense_size`: the positions the mean
+    runs over when the kernel has lost some to shrinking (their gradient
+    was 0); by default its own size.
     """
     magnitude = ops.abs(ops.cast(grad, "float32"))
     if exploration == 0:
         return magnitude
     if normalize:
-        magnitude = magnitude / (ops.mean(magnitude) + 1e-12)
+        mean = ops.mean(magnitude) if dense_size is None else ops.sum(magnitude) / dense_size
+        magnitude = magnitude / (mean + 1e-12)
     log_t = ops.log(ops.maximum(ops.cast(step, "float32"), 1.0))
     bonus = ops.sqrt(log_t / (counter + epsilon))
     return magnitude + (exploration * bonus_scale) * bonus
