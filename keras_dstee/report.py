@@ -117,7 +117,7 @@ def summary(model, input_shape=None, print_fn=None, optimizer=None):
             # Without the wrapper (a stripped or loaded model) the zeros tell.
             count = active.get(id(variable), nonzeros)
             density = count / value.size
-            flops = sum(flops.macs(layer, variable, i, o) for i, o in shapes[id(layer)])
+            dense_flops = sum(flops.macs(layer, variable, i, o) for i, o in shapes[id(layer)])
             rows.append(
                 {
                     "layer": layer.name,
@@ -127,8 +127,8 @@ def summary(model, input_shape=None, print_fn=None, optimizer=None):
                     "active": int(count),
                     "density": density,
                     "nonzeros": nonzeros,
-                    "flops_dense": int(flops),
-                    "flops_sparse": int(round(flops * density)),
+                    "flops_dense": int(dense_flops),
+                    "flops_sparse": int(round(dense_flops * density)),
                     "block": block.get(id(variable)),
                     "channels": live.get(id(variable), (None, None))[1],
                     "live_channels": live.get(id(variable), (None, None))[0],
