@@ -1,0 +1,207 @@
+"""What shrinking saves on training: wall time and peak memory of a whole
+`fit` (compiles, rebuilds and recompiles included) with
+`DSTEE(sparsity=0.9, channel_sparsity=0.5, min_channels=1.0,
+channel_end=0.25, shrink=True)` against the same model trained dense,
+side by side in one process: dense, shrink and a second dense run (the
+A/A control) take turns, `--repeats` times, and the medians are compared.
+
+The whole schedule is compressed into `--epochs` x `--steps-per-epoch`
+steps (full-width steps are seconds each on a CPU): the channels reach
+their target a quarter into the run, the model is rebuilt at epoch ends
+(`schedule.shrink_due`), and the rest of the run trains small. Peak memory
+is the process's peak resident memory after the last rebuild (Linux
+`VmHWM`, reset through `/proc/self/clear_refs`), against the dense run's
+over the same epochs. `equivalence` is the largest difference between the
+weights of a shrunk and a masked run of a small conv net (same seed and
+data order), the figure `tests/test_shrinking.py` holds to 1e-5.
+
+    KERAS_BACKEND=jax python benchmarks/training_cost.py --model vgg19_cifar
+    python benchmarks/training_cost.py --table    # the markdown table of all runs
+
+Writes (merges into) `benchmarks/results/training_cost.json`, one entry
+per backend and model.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+OUT = os.path.join(common.RESULTS, "training_cost.json")
+SETTINGS = dict(sparsity=0.9, channel_sparsity=0.5, min_channels=1.0, channel_end=0.25, end=0.75)
+
+
+def _peak_reset():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
+def run(model_name, width, x, y, batch, epochs, shrink, reset_at):
+    """One whole `fit`; returns seconds, peak KiB from epoch `reset_at` on,
+    the rebuilds and the final training loss."""
+    import keras
+
+    import keras_dstee
+
+    keras.utils.set_random_seed(0)
+    if model_name == "small_cnn":
+        model = common.small_cnn(10, width)
+    else:
+        model = getattr(keras_dstee.models, model_name)(num_classes=10, width=width)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+    callbacks = []
+    sparse = None
+    if shrink:
+        sparse = keras_dstee.DSTEE(shrink=True, seed=0, update_freq=max(1, len(x) // batch // 2), **SETTINGS)
+        callbacks.append(sparse)
+    peak = {}
+
+    class Peak(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == reset_at:
+                peak["reset"] = _peak_reset()
+
+    start = time.perf_counter()
+    history = model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, shuffle=False,
+                        callbacks=[*callbacks, Peak()])
+    seconds = time.perf_counter() - start
+    rebuilds = [] if sparse is None else sparse.rebuilds
+    return seconds, _peak_kib() if peak.get("reset") else None, rebuilds, history.history["loss"][-1]
+
+
+def equivalence():
+    """Largest weight difference between a shrunk and a masked run of the
+    small conv net of `tests/test_shrinking.py`."""
+    import keras
+    import numpy as np
+
+    import keras_dstee
+    from tests.test_shrinking import conv_bn_model
+    from tests.test_shrinking import settings
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(128, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 128)
+    models = []
+    for shrink in (False, True):
+        model = conv_bn_model()
+        model.fit(x, y, epochs=6, batch_size=16, verbose=0, shuffle=False,
+                  callbacks=[keras_dstee.DSTEE(shrink=shrink, **settings())])
+        models.append(model)
+    keras_dstee.shrink(models[0])
+    return max(float(np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b)).max())
+               for a, b in zip(models[0].weights, models[1].weights))
+
+
+def measure(args):
+    import keras
+
+    (x, y), _ = common.load_cifar10(train_size=args.batch * args.steps_per_epoch)
+    # Rebuilds happen by the end of the epoch where the channels reach their target.
+    reset_at = max(1, round(SETTINGS["channel_end"] * args.epochs) + 1)
+    times = {"dense": [], "shrink": [], "dense_copy": []}
+    peaks = {"dense": [], "shrink": []}
+    rebuilds, losses = None, {}
+    for repeat in range(args.repeats):
+        for name in ("dense", "shrink", "dense_copy"):
+            seconds, peak, found, loss = run(args.model, args.width, x, y, args.batch, args.epochs,
+                                             name == "shrink", reset_at)
+            times[name].append(seconds)
+            losses.setdefault(name, []).append(loss)
+            if name in peaks and peak:
+                peaks[name].append(peak)
+            if name == "shrink":
+                rebuilds = found
+            print(f"repeat {repeat}: {name} {seconds:.1f} s, peak after epoch {reset_at}: {peak} KiB, "
+                  f"loss {loss:.4f}", flush=True)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    entry = {
+        "backend": keras.backend.backend(),
+        "model": args.model,
+        "width": args.width,
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "settings": SETTINGS,
+        "repeats": args.repeats,
+        "machine": common.machine(),
+        "dense_s": median["dense"],
+        "shrink_s": median["shrink"],
+        "ratio": median["shrink"] / median["dense"],
+        "aa": median["dense_copy"] / median["dense"],
+        "times": times,
+        "peak_mem_ratio": (statistics.median(peaks["shrink"]) / statistics.median(peaks["dense"])
+                           if peaks["shrink"] and peaks["dense"] else None),
+        "rebuilds": rebuilds,
+        "final_loss": {k: statistics.median(v) for k, v in losses.items()},
+        "equivalence": equivalence(),
+    }
+    results = []
+    if os.path.isfile(args.out):
+        with open(args.out) as f:
+            results = [r for r in json.load(f) if (r["backend"], r["model"], r["width"]) !=
+                       (entry["backend"], entry["model"], entry["width"])]
+    results.append(entry)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(json.dumps({k: v for k, v in entry.items() if k not in ("times", "rebuilds")}, indent=1))
+
+
+def table(path):
+    with open(path) as f:
+        results = json.load(f)
+    lines = [
+        "| backend | model | width | steps (epochs x steps) | batch | dense s | shrink s | ratio | A/A | "
+        "rebuilds | channels left | FLOPs after | peak memory | equivalence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        last = r["rebuilds"][-1] if r["rebuilds"] else None
+        channels = f"{last['channels_after'] / last['channels_planned']:.2f}" if last else "-"
+        flops = f"{last['flops_after'] / r['rebuilds'][0]['flops_before']:.2f}x" if last else "-"
+        memory = f"{r['peak_mem_ratio']:.2f}x" if r["peak_mem_ratio"] else "-"
+        lines.append(
+            f"| {r['backend']} | {r['model']} | {r['width']} | {r['epochs'] * r['steps_per_epoch']} "
+            f"({r['epochs']} x {r['steps_per_epoch']}) | {r['batch']} | {r['dense_s']:.1f} | {r['shrink_s']:.1f} | "
+            f"**{r['ratio']:.2f}x** | {r['aa']:.2f} | {len(r['rebuilds'])} | {channels} | {flops} | {memory} | "
+            f"{r['equivalence']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="vgg19_cifar", choices=["vgg19_cifar", "resnet50_cifar", "small_cnn"])
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--steps-per-epoch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=OUT)
+    parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.out))
+        return
+    measure(args)
+
+
+if __name__ == "__main__":
+    main()
