@@ -43,6 +43,15 @@ def parser(description, defaults):
         "--channel-begin", type=float, default=None,
         help="fraction of training before channels start to go (None: from the first mask update)",
     )
+    p.add_argument(
+        "--channel-end", type=float, default=None,
+        help="fraction of training by which the channels reach --channel-sparsity (e.g. 0.25 with --shrink)",
+    )
+    p.add_argument(
+        "--shrink", action="store_true",
+        help="rebuild the model without its removed channels during training (needs --channel-sparsity): "
+        "training gets cheaper; no backup/resume of the run (docs/shrinking.md)",
+    )
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (1.0: the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, masks and data order")
     p.add_argument("--data", help=defaults["data_help"])
@@ -178,6 +187,8 @@ def make_callback(args):
         channel_sparsity=args.channel_sparsity,
         min_channels=args.min_channels,
         channel_begin=args.channel_begin,
+        channel_end=args.channel_end,
+        shrink=args.shrink,
     )
 
 
@@ -202,7 +213,7 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
     sparse = make_callback(args)
     resuming = runtime.resumed_epoch(args.out) > 0
     callbacks = ([sparse] if sparse else []) + [SparsityLogger()]
-    callbacks += runtime.callbacks(args.out, args.batch_size, steps, resuming)
+    callbacks += runtime.callbacks(args.out, args.batch_size, steps, resuming, backup=not args.shrink)
     start = time.time()
     history = model.fit(
         train_ds,
@@ -215,6 +226,8 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
         **({"validation_steps": 1} if args.smoke else {}),
     )
     train_seconds = time.time() - start
+    print(f"Training took {train_seconds:.1f} s" + (f" with {len(sparse.rebuilds)} rebuild(s) (--shrink)" if args.shrink and sparse else "")
+          + "; the same command with --method dense gives the dense run's time.")
     evaluate_steps = {"steps": 1} if args.smoke else {}
     recalibrated = {}
     if sparse and args.channel_sparsity > 0:
@@ -260,6 +273,9 @@ def train_and_report(model, args, train_ds, test_ds, optimizer, loss, input_shap
         "channel_sparsity": args.channel_sparsity,
         "min_channels": args.min_channels,
         "channel_begin": args.channel_begin,
+        "channel_end": args.channel_end,
+        "shrink": args.shrink,
+        "rebuilds": getattr(sparse, "rebuilds", []),
         "live_channels": history.history.get("live_channels", [None])[-1],
         **recalibrated,
         **slimmed,

@@ -190,11 +190,13 @@ class StopAfterEpoch(keras.callbacks.Callback):
             os._exit(3)
 
 
-def callbacks(out, batch_size, steps, resuming):
-    """Backup (a rerun of the same command continues), throughput, CSV and
-    TensorBoard logs, all under `out`; the sparse callback comes first."""
-    result = [
-        keras.callbacks.BackupAndRestore(os.path.join(out, BACKUP)),
+def callbacks(out, batch_size, steps, resuming, backup=True):
+    """Backup (a rerun of the same command continues; not for a run that
+    shrinks, whose backup would not fit the full-width model), throughput,
+    CSV and TensorBoard logs, all under `out`; the sparse callback comes
+    first."""
+    result = [keras.callbacks.BackupAndRestore(os.path.join(out, BACKUP))] if backup else []
+    result += [
         ImagesPerSecond(batch_size, steps),
         keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=resuming),
         keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),

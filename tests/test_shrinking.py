@@ -170,8 +170,10 @@ def test_callbacks_see_one_fit(xy, tmp_path):
 
     model, callback, logs = train(
         xy, shrink=True,
-        callbacks=[keras.callbacks.CSVLogger(str(log)), early, keras.callbacks.LearningRateScheduler(schedule)],
+        callbacks=[keras.callbacks.CSVLogger(str(log)), early, keras.callbacks.LearningRateScheduler(schedule),
+                   keras.callbacks.TensorBoard(str(tmp_path / "tb"))],
     )
+    assert any(name.startswith("events") for _, _, files in os.walk(tmp_path / "tb") for name in files)
     assert callback.rebuilds
     assert len(logs["loss"]) == 6 and rates == list(range(6))
     with open(log) as f:
@@ -248,6 +250,13 @@ def test_a_shrunk_model_exports_and_slims(xy, tmp_path):
     np.testing.assert_allclose(tflite_runner.predict_tflite(report["path"], x[:8]), expected, atol=1e-4)
     keras_dstee.export_saved_model(model, str(tmp_path / "saved"))
     assert os.path.isfile(tmp_path / "saved" / "saved_model.pb")
+    int8 = keras_dstee.export_tflite(model, str(tmp_path / "int8.tflite"), quantize="int8", representative_data=x[:32])
+    got = tflite_runner.predict_tflite(int8["path"], x[:8])
+    assert np.mean(np.argmax(got, -1) == np.argmax(expected, -1)) >= 0.75
+    if BACKEND != "jax":  # jax's ONNX goes through the same worker as its TFLite
+        pytest.importorskip("onnx")
+        keras_dstee.export_onnx(model, str(tmp_path / "m.onnx"))
+        assert os.path.getsize(tmp_path / "m.onnx") > 0
     slimmed = keras_dstee.slim(model)
     np.testing.assert_allclose(to_numpy(slimmed(x[:8], training=False)), expected, atol=1e-4)
     summary = keras_dstee.summary(model, print_fn=lambda line: None)
@@ -324,3 +333,17 @@ def test_shrinking_under_data_parallel_and_mirrored_strategy():
     assert out["True"]["rebuilds"] >= 1
     np.testing.assert_allclose(out["True"]["loss"], out["False"]["loss"], rtol=1e-5)
     assert out["diff"] < 1e-5
+
+
+def test_mixed_precision_keeps_its_loss_scale(xy):
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        _, _, masked_logs = train(xy, epochs=4)
+        model, callback, logs = train(xy, epochs=4, shrink=True)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert callback.rebuilds
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert keras_dstee.optimizer.find_sparse_optimizer(model.optimizer) is callback.optimizer
+    assert logs["sparsity"] == masked_logs["sparsity"]
+    np.testing.assert_allclose(logs["loss"], masked_logs["loss"], rtol=1e-2)
