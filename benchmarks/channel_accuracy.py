@@ -41,26 +41,39 @@ from common import write_table
 from keras_dstee.layers import prunable_variables
 
 OUT = os.path.join(RESULTS, "channel_accuracy.json")
-# (method, channel_sparsity, min_channels, channel_begin); the first is the
-# reference of the pairs. min_channels=1.0 keeps the same fraction of every
-# layer (the fast structure of benchmarks/channel_latency.py). HALF: the control.
+# (method, channel_sparsity, min_channels, channel_begin[, channel_end,
+# shrink]); the first is the reference of the pairs. min_channels=1.0 keeps
+# the same fraction of every layer (the fast structure of
+# benchmarks/channel_latency.py). HALF: the control. `channel_end` front-loads
+# the channels; `shrink=True` trains the same computation on the smaller
+# model (what it costs: the wall time).
 HALF = ("dstee", "half_width", None, None)
+DENSE = ("dense", None, None, None)
+EARLY = ("dstee", 0.5, 1.0, None, 0.25, False)
+SHRINK = ("dstee", 0.5, 1.0, None, 0.25, True)
 VARIANTS = [
     ("dstee", 0.0, 0.2, None), ("dstee", 0.3, 0.2, None), ("dstee", 0.5, 0.2, None), ("dstee", 0.5, 1.0, None),
-    ("rigl", 0.5, 0.2, None), HALF, ("dstee", 0.5, 1.0, 0.25), ("dstee", 0.5, 0.2, 0.25),
+    ("rigl", 0.5, 0.2, None), HALF, ("dstee", 0.5, 1.0, 0.25), ("dstee", 0.5, 0.2, 0.25), EARLY, SHRINK, DENSE,
 ]
 # Each model at half its width.
 HALF_WIDTH = {"small_cnn": "small_cnn_half", "vgg19_quarter": "vgg19_eighth"}
 
 
-def key(model, sparsity, method, channels, seed, min_channels=0.2, channel_begin=None):
+def key(model, sparsity, method, channels, seed, min_channels=0.2, channel_begin=None, channel_end=None,
+        shrink=False):
     uniform = "/uniform" if min_channels == 1.0 else ""
     begin = f"/from{channel_begin}" if channel_begin is not None else ""
-    return f"{model}/{sparsity}/{method}/{channels}{uniform}{begin}/{seed}"
+    end = (f"/to{channel_end}" if channel_end is not None else "") + ("/shrink" if shrink else "")
+    return f"{model}/{sparsity}/{method}/{channels}{uniform}{begin}{end}/{seed}"
 
 
 def _variant(run):
-    return run["method"], run["channels"], run.get("min_channels", 0.2), run.get("channel_begin")
+    variant = (run["method"], run["channels"], run.get("min_channels", 0.2), run.get("channel_begin"))
+    if run["method"] == "dense":
+        return DENSE
+    if run.get("channel_end") is not None:
+        return variant + (run["channel_end"], bool(run.get("shrink")))
+    return variant
 
 
 def _kernel_weights(name):
@@ -88,16 +101,16 @@ def table(runs):
     # Recalibrated runs also show the accuracy with the statistics training left.
     stale = all("test_accuracy_stale_bn" in r for r in runs.values())
     lines = [
-        "| model | sparsity | variant | test accuracy % (mean +- std) | - DST-EE unstructured, per seed | mean (seeds) | live channels |"
-        + (" before recalibrating: mean, paired mean |" if stale else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if stale else ""),
+        "| model | sparsity | variant | test accuracy % (mean +- std) | - DST-EE unstructured, per seed | mean (seeds) "
+        "| live channels | train s (mean) |" + (" before recalibrating: mean, paired mean |" if stale else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if stale else ""),
     ]
     combos = sorted({(r["model"], r["sparsity"]) for r in runs.values()})
     for model, sparsity in combos:
         same = [r for r in runs.values() if (r["model"], r["sparsity"]) == (model, sparsity)]
         reference = {r["seed"]: r for r in same if _variant(r) == VARIANTS[0]}
         for variant in VARIANTS:
-            method, channels, min_channels, channel_begin = variant
+            method, channels, min_channels, channel_begin = variant[:4]
             group = sorted((r for r in same if _variant(r) == variant), key=lambda r: r["seed"])
             if not group:
                 continue
@@ -107,11 +120,16 @@ def table(runs):
             name = f"{method}" + (f", channels {channels}" if channels else " unstructured")
             name += ", every layer (min_channels=1)" if min_channels == 1.0 else ""
             name += f", channels from {channel_begin:.0%}" if channel_begin is not None else ""
+            name += f", channels by {variant[4]:.0%}" if len(variant) > 4 else ""
+            name += ", shrink=True" if len(variant) > 5 and variant[5] else ""
             if variant == HALF:
                 name = "control: dstee unstructured at half width, same weights"
+            if variant == DENSE:
+                name = "dense"
             paired = ", ".join(f"{d:+.2f}" for d in diffs) if variant != VARIANTS[0] else "-"
             mean = f"{statistics.mean(diffs):+.2f} ({len(diffs)})" if paired != "-" and diffs else "-"
             alive = f"{statistics.mean(live) if live else 1.0:.2f}" if variant != HALF else "(0.50)"
+            seconds = statistics.mean(r["train_seconds"] for r in group)
             before = ""
             if stale:
                 old = {r["seed"]: 100 * r["test_accuracy_stale_bn"] for r in group}
@@ -120,7 +138,8 @@ def table(runs):
                     f"{statistics.mean(old_diffs):+.2f} |" if variant != VARIANTS[0] and old_diffs else "- |"
                 )
             lines.append(
-                f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} | {alive} |"
+                f"| {model} | {sparsity} | {name} | {statistics.mean(accs):.2f} +- {spread(accs):.2f} | {paired} | {mean} "
+                f"| {alive} | {seconds:.0f} |"
                 + before
             )
     return "\n".join(lines)
@@ -143,25 +162,54 @@ def main():
         for sparsity in args.sparsities:
             for seed in args.seeds:
                 for variant in [VARIANTS[i] for i in args.variants]:
-                    method, channels, min_channels, channel_begin = variant
-                    k = key(model, sparsity, method, channels, seed, min_channels, channel_begin)
+                    method, channels, min_channels, channel_begin = variant[:4]
+                    channel_end, shrink = variant[4:6] if len(variant) > 4 else (None, False)
+                    k = key(model, sparsity, method, channels, seed, min_channels, channel_begin, channel_end, shrink)
                     if k in runs:
                         continue
                     extra = {"channel_sparsity": channels, "min_channels": min_channels} if channels else {}
                     if channel_begin is not None:
                         extra["channel_begin"] = channel_begin
+                    if channel_end is not None:
+                        extra.update(channel_end=channel_end, shrink=shrink)
                     if variant == HALF:
                         run = train_half_width(model, sparsity, seed, args.epochs, data, args.recalibrate)
                     else:
                         run = train_cifar(method, sparsity, seed, args.epochs, data, update_freq=25, model=model,
                                           recalibrate=args.recalibrate, **extra)
                     run.update(channels=channels, min_channels=min_channels, channel_begin=channel_begin,
-                               backend=keras.backend.backend())
+                               channel_end=channel_end, backend=keras.backend.backend())
+                    if variant == DENSE:
+                        run["sparsity"] = sparsity  # listed beside the sparse runs it is compared with
                     runs[k] = run
                     with open(out, "w") as f:
                         json.dump(runs, f, indent=1)
                     print(k, f"{run['test_accuracy']:.4f}", flush=True)
     write_table(out.replace(".json", ".md"), table(runs))
+    plot(runs, out.replace(".json", ".png"))
+
+
+def plot(runs, path):
+    """Test accuracy against training wall time, one point per variant
+    (mean over seeds), a panel per model and sparsity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    combos = sorted({(r["model"], r["sparsity"]) for r in runs.values()})
+    figure, axes = plt.subplots(1, len(combos), figsize=(5 * len(combos), 4), squeeze=False)
+    for axis, (model, sparsity) in zip(axes[0], combos):
+        for variant in VARIANTS:
+            group = [r for r in runs.values() if _variant(r) == variant and (r["model"], r["sparsity"]) == (model, sparsity)]
+            if group:
+                label = "/".join(str(v) for v in variant if v not in (None, False))
+                axis.scatter(statistics.mean(r["train_seconds"] for r in group),
+                             100 * statistics.mean(r["test_accuracy"] for r in group), label=label)
+        axis.set(title=f"{model}, sparsity {sparsity}", xlabel="training wall time (s)", ylabel="test accuracy %")
+    axes[0][-1].legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

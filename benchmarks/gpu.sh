@@ -8,6 +8,9 @@
 #   EPOCHS (default 4) sets the epochs per run; the script prints each run's seconds, so a
 #   first run tells how many fit. GPU_SH_OVERHEAD=1 adds the train-step overhead check.
 #   GPU_SH_TINY=1 runs a seconds-long version (for checking the script on a CPU).
+#   GPU_SH_PARTS (default "exploration training_cost") picks the parts; each takes
+#   about 7 minutes on an H100, so a 15-minute session runs one or both.
+#   training_cost: shrink=True against dense, whole runs (benchmarks/training_cost.py).
 #   PYTHON (default python3) is the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +35,20 @@ if [ "${GPU_SH_OVERHEAD:-0}" = 1 ]; then
   "$py" benchmarks/overhead.py --model "$model" --steps "$steps" --repeats "$repeats" --warmup 3 \
     --out "$out/gpu_overhead.json" | tee "$out/gpu_overhead.txt"
 fi
-# shellcheck disable=SC2086  # seeds is a list
-"$py" benchmarks/exploration_regimes.py --models "$model" --variants rigl dstee \
-  --sparsities 0.98 --seeds $seeds --epochs "$epochs" --train-size "$size" --update-freq "$freq" \
-  --out "$out/gpu_exploration.json" | tee "$out/gpu_exploration.txt"
+parts="${GPU_SH_PARTS:-exploration training_cost}"
+if [[ " $parts " == *" exploration "* ]]; then
+  # shellcheck disable=SC2086  # seeds is a list
+  "$py" benchmarks/exploration_regimes.py --models "$model" --variants rigl dstee \
+    --sparsities 0.98 --seeds $seeds --epochs "$epochs" --train-size "$size" --update-freq "$freq" \
+    --out "$out/gpu_exploration.json" | tee "$out/gpu_exploration.txt"
+fi
+if [[ " $parts " == *" training_cost "* ]]; then
+  if [ "${GPU_SH_TINY:-0}" = 1 ]; then
+    cost="--model small_cnn --epochs 4 --steps-per-epoch 2 --batch 16 --repeats 1"
+  else
+    cost="--model resnet50_cifar --epochs 8 --steps-per-epoch 20 --batch 128 --repeats 2"
+  fi
+  # shellcheck disable=SC2086  # cost is a list of options
+  "$py" benchmarks/training_cost.py $cost --out "$out/gpu_training_cost.json" | tee "$out/gpu_training_cost.txt"
+  "$py" benchmarks/training_cost.py --table --out "$out/gpu_training_cost.json" > "$out/gpu_training_cost.md"
+fi

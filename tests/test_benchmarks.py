@@ -46,6 +46,12 @@ def test_gpu_script_tiny(tmp_path):
     assert all(r["sparsity"] == 0.98 and abs(r["actual_sparsity"] - 0.98) < 1e-3 for r in runs)
     assert "| small_cnn | 0.98 | dstee |" in (tmp_path / "gpu_exploration.md").read_text()
     assert (tmp_path / "gpu_exploration.png").stat().st_size > 0
+    with open(tmp_path / "gpu_training_cost.json") as f:
+        cost = json.load(f)[0]
+    assert cost["model"] == "small_cnn" and cost["backend"] == "jax"
+    assert cost["rebuilds"] and cost["rebuilds"][-1]["channels_after"] < cost["rebuilds"][0]["channels_before"]
+    assert cost["equivalence"] < 1e-5 and cost["dense_s"] > 0 and cost["shrink_s"] > 0
+    assert "| jax | small_cnn |" in (tmp_path / "gpu_training_cost.md").read_text()
 
 
 def test_paired_differences_are_by_seed():

@@ -347,3 +347,49 @@ def test_mixed_precision_keeps_its_loss_scale(xy):
     assert keras_dstee.optimizer.find_sparse_optimizer(model.optimizer) is callback.optimizer
     assert logs["sparsity"] == masked_logs["sparsity"]
     np.testing.assert_allclose(logs["loss"], masked_logs["loss"], rtol=1e-2)
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="an eager loop: TensorFlow's GradientTape, torch's backward")
+def test_a_custom_training_loop_shrinks_between_steps(xy):
+    x, y = xy
+    model = conv_bn_model()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = keras_dstee.SparseOptimizer(
+        keras.optimizers.SGD(0.05, momentum=0.9), keras_dstee.layer_densities(model, sparsity=0.8),
+        update_freq=2, end_step=12, seed=0, channel_sparsity=0.5,
+        channel_groups=keras_dstee.channel_groups(model),
+    )
+    optimizer.build(model.trainable_variables)
+    optimizer.install()
+
+    def step(optimizer, batch):
+        xb, yb = x[batch * 16 : batch * 16 + 16], y[batch * 16 : batch * 16 + 16]
+        if BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                loss = loss_fn(yb, model(xb, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+        else:
+            import torch
+
+            loss = loss_fn(torch.as_tensor(yb), model(torch.as_tensor(xb), training=True))
+            model.zero_grad()
+            loss.backward()
+            grads = [v.value.grad for v in model.trainable_variables]
+            with torch.no_grad():
+                optimizer.apply(grads, model.trainable_variables)
+
+    for batch in range(8):
+        step(optimizer, batch)
+    before = to_numpy(model(x[:16], training=False))
+    new = keras_dstee.shrink(model, optimizer)
+    assert new is not optimizer and model.get_layer("c2").filters < 16
+    np.testing.assert_allclose(to_numpy(model(x[:16], training=False)), before, atol=1e-5)
+    assert int(to_numpy(new.step)) == 8
+    for batch in range(8):
+        step(new, batch)
+    assert int(to_numpy(new.step)) == 16
+    for k in new.kernels:
+        assert (to_numpy(k.variable)[to_numpy(k.mask) == 0] == 0).all()

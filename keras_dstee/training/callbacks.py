@@ -3,20 +3,15 @@
 
 import math
 import sys
-import time
 import warnings
 
 import keras
-import numpy as np
-from keras.src.utils import io_utils
 
 from keras_dstee.structure import channels
-from keras_dstee.structure import flops
 from keras_dstee.structure import liveness
-from keras_dstee.structure import rebuilding
 from keras_dstee.training import channel_sparsity as channel_rules
+from keras_dstee.training import fit_shrinking
 from keras_dstee.training import schedule
-from keras_dstee.training import shrinking
 from keras_dstee.training import wrapping
 from keras_dstee.training.kernels import active_positions
 from keras_dstee.training.optimizer import find_sparse_optimizer
@@ -230,11 +225,8 @@ class SparseTraining(keras.callbacks.Callback):
             **method_settings,
         )
         self.optimizer = None
-        #: One dict per rebuild of a `shrink=True` run: epoch, channels,
-        #: FLOPs and seconds per step before and after.
-        self.rebuilds = []
-        self._callback_list = None
-        self._epoch_started = None
+        # What `shrink=True` adds to `fit`; `rebuilds` reads its records.
+        self._shrinking = fit_shrinking.FitShrinking(type(self).__name__)
         self._model_id = None
         self._schedule = None
         self._schedule_pending = False
@@ -247,6 +239,15 @@ class SparseTraining(keras.callbacks.Callback):
         if settings is not None and name in FIELDS:
             return getattr(settings, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def rebuilds(self):
+        """One dict per rebuild of a `shrink=True` run: `epoch`, `step`,
+        `channels_before`/`_after` (removable channels), `channels_planned`
+        (before any shrinking), `flops_before`/`_after` (multiply-adds per
+        example) and `step_s_before`/`_after` (seconds per step of the
+        epochs around it)."""
+        return self._shrinking.rebuilds
 
     def on_train_begin(self, logs=None):
         # Keras calls this from its `CallbackList`, which is `self` there.
@@ -268,7 +269,7 @@ class SparseTraining(keras.callbacks.Callback):
         if self.channel_sparsity > 0:
             self._groups = channel_rules.removable_or_refuse(channels.channel_groups(model))
         if self.shrink:
-            self._check_can_shrink(model, sys._getframe(1).f_locals.get("self"))
+            self._shrinking.check(model, self._groups, sys._getframe(1).f_locals.get("self"))
         self._schedule = self._planned_schedule()
         existing = find_sparse_optimizer(optimizer)
         if existing is not None:
@@ -286,28 +287,6 @@ class SparseTraining(keras.callbacks.Callback):
         self._model_id = id(model)
         self._schedule_pending = True
         self._skipped_updates = int(keras.ops.convert_to_numpy(self.optimizer.skipped_updates))
-
-    def _check_can_shrink(self, model, callback_list):
-        """Refuses, before the first step, what `shrink=True` can't do."""
-        channels.check_graph_model(model, f"{type(self).__name__}(shrink=True)")
-        problems = rebuilding.unrebuildable(model, self._groups)
-        if problems:
-            raise ValueError(
-                f"{type(self).__name__}(shrink=True) can't narrow "
-                + "; ".join(f"{name} ({why})" for name, why in problems)
-                + ": use the built-in layer classes there, or leave `shrink` out and call "
-                "`keras_dstee.slim(model)` after training."
-            )
-        others = getattr(callback_list, "callbacks", [])
-        if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in others):
-            raise ValueError(
-                f"{type(self).__name__}(shrink=True) can't be combined with BackupAndRestore: "
-                "its backup of a shrunk model does not load into the full-width model a "
-                "restarted script builds. Save full models instead "
-                "(`keras.callbacks.ModelCheckpoint('run.keras')`) and resume with "
-                "`keras.saving.load_model` and `fit(..., initial_epoch=...)`."
-            )
-        self._callback_list = callback_list
 
     def _move_to_front(self, callback_list):
         """Puts this callback first, so the loggers listed before it still
@@ -397,7 +376,7 @@ class SparseTraining(keras.callbacks.Callback):
         )
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_started = time.perf_counter()
+        self._shrinking.epoch_begins()
         if not self._schedule_pending:
             return
         self._schedule_pending = False
@@ -488,66 +467,10 @@ class SparseTraining(keras.callbacks.Callback):
         if live is not None:
             logs["live_channels"] = live
         if self.shrink:
-            self._shrink_if_due(epoch)
-
-    def _shrink_if_due(self, epoch):
-        """Rebuilds the model without its removed channels when enough are
-        gone (`schedule.shrink_due`), and reports it."""
-        steps = self.params.get("steps")
-        step_s = None
-        if steps and self._epoch_started is not None:
-            step_s = (time.perf_counter() - self._epoch_started) / steps
-        if self.rebuilds and self.rebuilds[-1]["step_s_after"] is None:
-            self.rebuilds[-1]["step_s_after"] = step_s
-            self._say(f"{type(self).__name__}: after the rebuild: {_seconds(step_s)} per step.")
-        optimizer = self.optimizer
-        alive = keras.ops.convert_to_numpy(optimizer.channels.alive) > 0
-        plan = optimizer.channel_plan
-        offsets = plan.offsets
-        cuttable = sum(
-            int(np.sum(~alive[offsets[g] : offsets[g + 1]])) - int(not alive[offsets[g] : offsets[g + 1]].any())
-            for g in range(len(plan.sizes))
-        )
-        step = int(keras.ops.convert_to_numpy(optimizer.step))
-        start = int(keras.ops.convert_to_numpy(optimizer.start_step))
-        end = int(keras.ops.convert_to_numpy(optimizer.end_step_variable))
-        over = schedule.removal_over(step, start, end, optimizer.channel_end)
-        if not schedule.shrink_due(cuttable, plan.total, over):
-            return
-        model = self.model
-        flops_before = flops.dense_macs(model)
-        record = shrinking.shrink_with_record(model)
-        self.optimizer = find_sparse_optimizer(record.optimizer)
-        for callback in getattr(self._callback_list, "callbacks", []):
-            # EarlyStopping(restore_best_weights=True) restores into the smaller model.
-            best = getattr(callback, "best_weights", None)
-            if isinstance(callback, keras.callbacks.EarlyStopping) and best is not None:
-                callback.best_weights = record.slice_weights(best)
-        self._groups = None
-        flops_after = flops.dense_macs(model)
-        self.rebuilds.append(
-            {
-                "epoch": epoch + 1,
-                "step": step,
-                "channels_before": record.channels_before,
-                "channels_after": record.channels_after,
-                "channels_planned": plan.original_total,
-                "flops_before": flops_before,
-                "flops_after": flops_after,
-                "step_s_before": step_s,
-                "step_s_after": None,
-            }
-        )
-        self._say(
-            f"{type(self).__name__}: epoch {epoch + 1}: the model shrank: removable channels "
-            f"{record.channels_before} -> {record.channels_after} (of {plan.original_total}), "
-            f"multiply-adds per example {flops_before / 1e6:.1f}M -> {flops_after / 1e6:.1f}M "
-            f"({flops_after / max(flops_before, 1):.2f}x); {_seconds(step_s)} per step before."
-        )
-
-    def _say(self, text):
-        if self.params.get("verbose", 1):
-            io_utils.print_msg(text)
+            optimizer = self._shrinking.epoch_ends(self.model, self.optimizer, epoch, self.params)
+            if optimizer is not self.optimizer:
+                self.optimizer = optimizer
+                self._groups = None  # the model's channel groups are new
 
     def _live_channels(self):
         """Fraction of the removable channels alive; None for a model whose
@@ -571,10 +494,6 @@ class SparseTraining(keras.callbacks.Callback):
         if live is not None and plan is not None and plan.original_sizes is not None:
             live = live * plan.total / plan.original_total  # of the channels before shrinking
         return live
-
-
-def _seconds(value):
-    return "?" if value is None else f"{value:.3f} s"
 
 
 def _schedule_is_over(optimizer):

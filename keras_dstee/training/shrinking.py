@@ -265,9 +265,12 @@ def _replace_compiled_optimizer(model, old, old_sparse, new):
 def _reset_compiled_functions(model):
     """The compiled train/test/predict functions traced the old variables:
     new ones, traced at their next call."""
-    model.make_train_function(force=True)
-    model.make_test_function(force=True)
-    model.make_predict_function(force=True)
+    if getattr(model, "compiled", False):
+        # `fit` calls it directly: it must exist now.
+        model.make_train_function(force=True)
+    # `evaluate` and `predict` make theirs when they find none.
+    model.test_function = None
+    model.predict_function = None
     if hasattr(model, "_jax_state_synced"):
         # The state `fit` holds is the old model's: read the new one at the
         # next epoch, and let no callback write the old one back.
