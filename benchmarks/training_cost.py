@@ -12,7 +12,11 @@ their target a quarter into the run, the model is rebuilt at epoch ends
 (`schedule.shrink_due`), and the rest of the run trains small. Peak memory
 is the run's process's peak resident memory after the last rebuild (Linux
 `VmHWM`, reset through `/proc/self/clear_refs`), against the dense run's
-over the same epochs, and over the whole run (`peak_mem_ratio_run`). `equivalence` is the largest difference between the
+over the same epochs, and over the whole run (`peak_mem_ratio_run`): on a
+CPU it includes the runtime and the compiler's memory (a rebuild
+recompiles). `state_ratio` compares what training holds at the end:
+weights, statistics and optimizer state, the masks and activity counters
+of the sparse run included. `equivalence` is the largest difference between the
 weights of a shrunk and a masked run of a small conv net (same seed and
 data order), the figure `tests/test_shrinking.py` holds to 1e-5.
 
@@ -20,11 +24,12 @@ data order), the figure `tests/test_shrinking.py` holds to 1e-5.
     python benchmarks/training_cost.py --table    # the markdown table of all runs
 
 Writes (merges into) `benchmarks/results/training_cost.json`, one entry
-per backend and model.
+per backend, model and run length.
 """
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -61,6 +66,7 @@ def run(model_name, width, x, y, batch, epochs, shrink, reset_at):
     over the run, the rebuilds, the final training loss and each epoch's
     seconds."""
     import keras
+    import numpy as np
 
     import keras_dstee
 
@@ -95,7 +101,12 @@ def run(model_name, width, x, y, batch, epochs, shrink, reset_at):
     seconds = time.perf_counter() - start
     rebuilds = [] if sparse is None else sparse.rebuilds
     after = _peak_kib() if peak.get("reset") else None
+    # What training holds at the end: weights, statistics and optimizer
+    # state (masks and counters included), whatever the runtime keeps.
+    state = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize
+                for v in [*model.weights, *model.optimizer.variables])
     return {
+        "state_bytes": int(state),
         "seconds": seconds,
         "peak_after_kib": after,
         "peak_run_kib": None if after is None else max(after, peak["before"]),
@@ -167,6 +178,7 @@ def measure(args):
     peaks = {"dense": [], "shrink": []}
     peaks_run = {"dense": [], "shrink": []}
     rebuilds, losses = None, {}
+    state_bytes = {"dense": None, "shrink": None}
     for repeat in range(args.repeats):
         for name in ("dense", "shrink", "dense_copy"):
             result = run_in_child(args, name, reset_at)
@@ -178,6 +190,8 @@ def measure(args):
                 peaks_run[name].append(result["peak_run_kib"])
             if name == "shrink":
                 rebuilds = result["rebuilds"]
+            if name in state_bytes:
+                state_bytes[name] = result.get("state_bytes")
             print(f"repeat {repeat}: {name} {result['seconds']:.1f} s, last epoch {result['epoch_s'][-1]:.2f} s, "
                   f"peak after epoch {reset_at}: {result['peak_after_kib']} KiB, loss {result['loss']:.4f}", flush=True)
     median = {k: statistics.median(v) for k, v in times.items()}
@@ -202,6 +216,9 @@ def measure(args):
         "last_epoch_s": last_epoch,
         "peak_mem_ratio": _ratio(peaks),
         "peak_mem_ratio_run": _ratio(peaks_run),
+        "state_bytes": state_bytes,
+        "state_ratio": (state_bytes["shrink"] / state_bytes["dense"]
+                        if state_bytes["shrink"] and state_bytes["dense"] else None),
         "rebuilds": rebuilds,
         "final_loss": {k: statistics.median(v) for k, v in losses.items()},
         "equivalence": equivalence(),
@@ -209,8 +226,8 @@ def measure(args):
     results = []
     if os.path.isfile(args.out):
         with open(args.out) as f:
-            results = [r for r in json.load(f) if (r["backend"], r["model"], r["width"]) !=
-                       (entry["backend"], entry["model"], entry["width"])]
+            setup = ("backend", "model", "width", "epochs", "steps_per_epoch", "batch")
+            results = [r for r in json.load(f) if [r[k] for k in setup] != [entry[k] for k in setup]]
     results.append(entry)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
@@ -228,19 +245,21 @@ def table(path):
         results = json.load(f)
     lines = [
         "| backend | model | width | steps (epochs x steps) | batch | dense s | shrink s | ratio | A/A | "
-        "rebuilds | channels left | FLOPs after | last epoch ratio (A/A) | peak memory | equivalence |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "rebuilds | channels left | FLOPs after | last epoch ratio (A/A) | peak RSS after last rebuild | "
+        "training state at the end | equivalence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         last = r["rebuilds"][-1] if r["rebuilds"] else None
         channels = f"{last['channels_after'] / last['channels_planned']:.2f}" if last else "-"
         flops = f"{last['flops_after'] / r['rebuilds'][0]['flops_before']:.2f}x" if last else "-"
         memory = f"{r['peak_mem_ratio']:.2f}x" if r["peak_mem_ratio"] else "-"
+        state = f"{r['state_ratio']:.2f}x" if r.get("state_ratio") else "-"
         lines.append(
             f"| {r['backend']} | {r['model']} | {r['width']} | {r['epochs'] * r['steps_per_epoch']} "
             f"({r['epochs']} x {r['steps_per_epoch']}) | {r['batch']} | {r['dense_s']:.1f} | {r['shrink_s']:.1f} | "
             f"**{r['ratio']:.2f}x** | {r['aa']:.2f} | {len(r['rebuilds'])} | {channels} | {flops} | "
-            f"{r['last_epoch_ratio']:.2f}x ({r['last_epoch_aa']:.2f}) | {memory} | "
+            f"{r['last_epoch_ratio']:.2f}x ({r['last_epoch_aa']:.2f}) | {memory} | {state} | "
             f"{r['equivalence']:.1e} |"
         )
     return "\n".join(lines)

@@ -54,3 +54,22 @@ def test_channel_and_pruning_schedules_reach_their_ends():
     density = [_value(schedule.scheduled_density(t, 0, 100, 1.0, 0.1)) for t in (0, 50, 100, 150)]
     np.testing.assert_allclose(density, [1.0, 0.1 + 0.9 * 0.125, 0.1, 0.1], rtol=1e-6)
     assert schedule.fraction_of_schedule(0.3, 0.1, 0.6) == pytest.approx(0.4)
+
+
+def test_channel_end_front_loads_the_channel_schedule():
+    total, start, end = 100, 0, 100
+    full = [float(keras.ops.convert_to_numpy(schedule.removed_channels(s, start, end, 0.5, total))) for s in range(101)]
+    early = [float(keras.ops.convert_to_numpy(schedule.removed_channels(s, start, end, 0.5, total, 0.0, 0.25)))
+             for s in range(101)]
+    assert early[25] == full[100] == 50 and early[100] == 50
+    assert full[25] < 50 and all(e >= f for e, f in zip(early, full))
+    assert not schedule.removal_over(24, start, end, 0.25) and schedule.removal_over(25, start, end, 0.25)
+
+
+def test_a_rebuild_is_due_for_enough_channels_only():
+    # While channels go: a tenth of them; once the schedule is over: 2 %.
+    assert not schedule.shrink_due(9, 100, removal_over=False)
+    assert schedule.shrink_due(10, 100, removal_over=False)
+    assert schedule.shrink_due(2, 100, removal_over=True)
+    assert not schedule.shrink_due(1, 2752, removal_over=True)
+    assert not schedule.shrink_due(0, 100, removal_over=True)

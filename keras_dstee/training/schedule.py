@@ -123,15 +123,20 @@ def is_over(step, end):
 
 # A run that shrinks rebuilds at an epoch end once this fraction of the
 # model's removable channels is gone but still computed (each rebuild
-# costs a recompile), and once more when the channels reach their target.
+# costs a recompile), and once the channels have reached their target, for
+# the rest if it is at least SHRINK_LAST of them: a channel that dies
+# later is not worth a recompile (measured: VGG-19 lost 1 of 2,752 four
+# epochs after the schedule ended).
 SHRINK_AT = 0.1
+SHRINK_LAST = 0.02
 
 
 def shrink_due(cuttable, channels, removal_over):
     """Whether a run that shrinks rebuilds now: `cuttable` of the model's
     `channels` removable channels are gone but still in it; `removal_over`
     whether the channel schedule has reached its target."""
-    return cuttable > 0 and (removal_over or cuttable >= SHRINK_AT * channels)
+    least = SHRINK_LAST if removal_over else SHRINK_AT
+    return cuttable > 0 and cuttable >= least * channels
 
 
 def removal_over(step, start_step, end_step, channel_end=1.0):
