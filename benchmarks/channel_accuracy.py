@@ -97,6 +97,20 @@ def train_half_width(model, sparsity, seed, epochs, data, recalibrate=False):
     return run
 
 
+def _name(variant):
+    """A variant in words, for the table and the plot."""
+    if variant == HALF:
+        return "control: dstee unstructured at half width, same weights"
+    if variant == DENSE:
+        return "dense"
+    method, channels, min_channels, channel_begin = variant[:4]
+    name = f"{method}" + (f", channels {channels}" if channels else " unstructured")
+    name += ", every layer (min_channels=1)" if min_channels == 1.0 else ""
+    name += f", channels from {channel_begin:.0%}" if channel_begin is not None else ""
+    name += f", channels by {variant[4]:.0%}" if len(variant) > 4 else ""
+    return name + (", shrink=True" if len(variant) > 5 and variant[5] else "")
+
+
 def table(runs):
     # Recalibrated runs also show the accuracy with the statistics training left.
     stale = all("test_accuracy_stale_bn" in r for r in runs.values())
@@ -117,15 +131,7 @@ def table(runs):
             accs = [100 * r["test_accuracy"] for r in group]
             diffs = [100 * (r["test_accuracy"] - reference[r["seed"]]["test_accuracy"]) for r in group if r["seed"] in reference]
             live = [r["live_channels"] for r in group if r.get("live_channels") is not None]
-            name = f"{method}" + (f", channels {channels}" if channels else " unstructured")
-            name += ", every layer (min_channels=1)" if min_channels == 1.0 else ""
-            name += f", channels from {channel_begin:.0%}" if channel_begin is not None else ""
-            name += f", channels by {variant[4]:.0%}" if len(variant) > 4 else ""
-            name += ", shrink=True" if len(variant) > 5 and variant[5] else ""
-            if variant == HALF:
-                name = "control: dstee unstructured at half width, same weights"
-            if variant == DENSE:
-                name = "dense"
+            name = _name(variant)
             paired = ", ".join(f"{d:+.2f}" for d in diffs) if variant != VARIANTS[0] else "-"
             mean = f"{statistics.mean(diffs):+.2f} ({len(diffs)})" if paired != "-" and diffs else "-"
             alive = f"{statistics.mean(live) if live else 1.0:.2f}" if variant != HALF else "(0.50)"
@@ -198,17 +204,21 @@ def plot(runs, path):
     import matplotlib.pyplot as plt
 
     combos = sorted({(r["model"], r["sparsity"]) for r in runs.values()})
-    figure, axes = plt.subplots(1, len(combos), figsize=(5 * len(combos), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(combos), figsize=(5 * len(combos), 5.5), squeeze=False)
+    colours = plt.get_cmap("tab20")
+    shown = {}
     for axis, (model, sparsity) in zip(axes[0], combos):
-        for variant in VARIANTS:
+        for number, variant in enumerate(VARIANTS):
             group = [r for r in runs.values() if _variant(r) == variant and (r["model"], r["sparsity"]) == (model, sparsity)]
             if group:
-                label = "/".join(str(v) for v in variant if v not in (None, False))
-                axis.scatter(statistics.mean(r["train_seconds"] for r in group),
-                             100 * statistics.mean(r["test_accuracy"] for r in group), label=label)
-        axis.set(title=f"{model}, sparsity {sparsity}", xlabel="training wall time (s)", ylabel="test accuracy %")
-    axes[0][-1].legend(fontsize=6)
-    figure.tight_layout()
+                shown[number] = axis.scatter(statistics.mean(r["train_seconds"] for r in group),
+                                             100 * statistics.mean(r["test_accuracy"] for r in group),
+                                             color=colours(number), s=40)
+        axis.set(title=f"{model}, sparsity {sparsity}", xlabel="training wall time (s, mean of seeds)",
+                 ylabel="test accuracy % (mean of seeds)")
+    figure.legend([shown[n] for n in sorted(shown)], [_name(VARIANTS[n]) for n in sorted(shown)],
+                  loc="lower center", ncol=3, fontsize=7)
+    figure.tight_layout(rect=(0, 0.18, 1, 1))
     figure.savefig(path, dpi=120)
 
 
