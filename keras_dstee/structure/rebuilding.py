@@ -107,10 +107,11 @@ def cut_in_place(model, cut, widths):
     undo = []
     replaced = {}
     try:
-        scope = getattr(model, "distribute_strategy", None)
-        with scope.scope() if scope is not None else contextlib.nullcontext():
+        strategy = getattr(model, "distribute_strategy", None)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
             for layer, attribute, old, value, removed in swaps:
-                new = _new_variable(old, value)
+                # One new variable per old one, however many attributes hold it.
+                new = replaced[id(old)][0] if id(old) in replaced else _new_variable(old, value)
                 _swap(layer, attribute, old, new)
                 undo.append(lambda layer=layer, a=attribute, old=old, new=new: _swap(layer, a, new, old))
                 replaced[id(old)] = (new, removed)
