@@ -192,23 +192,22 @@ def check_settings(channel_sparsity, min_channels):
 def check_begin(channel_begin, channel_sparsity, low, high):
     """`channel_begin`, a number in [low, high), refused where it has no
     effect (`channel_sparsity=0`); returns it as a float."""
-    if channel_sparsity == 0:
-        raise ValueError(
-            f"`channel_begin={channel_begin!r}` has no effect with channel_sparsity=0: no channel "
-            "is removed. Set `channel_sparsity` (e.g. 0.5), or leave `channel_begin` out."
-        )
-    return arguments.number("channel_begin", channel_begin, low, high, high_open=True)
+    return _check_point("channel_begin", channel_begin, channel_sparsity, low, high, high_open=True)
 
 
 def check_end(channel_end, channel_sparsity, low, high):
     """`channel_end`, a number in (low, high], refused where it has no
     effect (`channel_sparsity=0`); returns it as a float."""
+    return _check_point("channel_end", channel_end, channel_sparsity, low, high, low_open=True)
+
+
+def _check_point(name, value, channel_sparsity, low, high, **open_ends):
     if channel_sparsity == 0:
         raise ValueError(
-            f"`channel_end={channel_end!r}` has no effect with channel_sparsity=0: no channel "
-            "is removed. Set `channel_sparsity` (e.g. 0.5), or leave `channel_end` out."
+            f"`{name}={value!r}` has no effect with channel_sparsity=0: no channel "
+            f"is removed. Set `channel_sparsity` (e.g. 0.5), or leave `{name}` out."
         )
-    return arguments.number("channel_end", channel_end, low, high, low_open=True)
+    return arguments.number(name, value, low, high, **open_ends)
 
 
 def removable_or_refuse(groups):
