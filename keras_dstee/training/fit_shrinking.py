@@ -5,7 +5,6 @@ and what each rebuild reports."""
 import time
 
 import keras
-import numpy as np
 from keras.src.utils import io_utils
 
 from keras_dstee.structure import channels
@@ -97,19 +96,12 @@ class FitShrinking:
     @staticmethod
     def _due(optimizer):
         """`schedule.shrink_due` from the optimizer's channel state."""
-        alive = keras.ops.convert_to_numpy(optimizer.channels.alive) > 0
-        plan = optimizer.channel_plan
-        offsets = plan.offsets
-        # A group keeps one channel even when all of them are gone.
-        cuttable = sum(
-            int(np.sum(~alive[offsets[g] : offsets[g + 1]])) - int(not alive[offsets[g] : offsets[g + 1]].any())
-            for g in range(len(plan.sizes))
-        )
+        cuttable = int(shrinking.channels_to_cut(optimizer).sum())
         step, start, end = (
             int(keras.ops.convert_to_numpy(v)) for v in (optimizer.step, optimizer.start_step, optimizer.end_step_variable)
         )
         over = schedule.removal_over(step, start, end, optimizer.channel_end)
-        return schedule.shrink_due(cuttable, plan.total, over)
+        return schedule.shrink_due(cuttable, optimizer.channel_plan.total, over)
 
     @staticmethod
     def _say(params, text):

@@ -123,12 +123,8 @@ def shrink_with_record(model, optimizer=None):
             + ": use the built-in layer classes there, or train without `shrink` and call "
             "`keras_dstee.slim(model)` after training."
         )
-    alive = host.to_numpy(sparse.channels.alive) > 0
+    gone = channels_to_cut(sparse)
     offsets = plan.offsets
-    gone = ~alive
-    for g in range(len(groups)):
-        if not alive[offsets[g] : offsets[g + 1]].any():
-            gone[offsets[g]] = False  # a layer keeps one channel
     before = int(plan.total)
     if not gone.any():
         return Shrinkage(optimizer, {}, list(model.weights), before, before)
@@ -147,6 +143,19 @@ def shrink_with_record(model, optimizer=None):
         _replace_compiled_optimizer(model, optimizer, sparse, new)
     _reset_compiled_functions(model)
     return Shrinkage(new, replaced, weights_before, before, int(np.sum(~gone)))
+
+
+def channels_to_cut(sparse):
+    """Per channel of `sparse`'s plan, whether a shrink cuts it: removed or
+    dead, except one channel of a group that has none left (a layer keeps
+    one)."""
+    alive = host.to_numpy(sparse.channels.alive) > 0
+    gone = ~alive
+    offsets = sparse.channel_plan.offsets
+    for g in range(len(sparse.channel_plan.sizes)):
+        if not alive[offsets[g] : offsets[g + 1]].any():
+            gone[offsets[g]] = False
+    return gone
 
 
 class _OptimizerState:
