@@ -3,10 +3,12 @@ model without its removed channels during training, and the run computes
 what the masked run computes."""
 
 import csv
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 
 import keras
 import numpy as np
@@ -144,6 +146,30 @@ def test_shrink_slices_the_optimizer_state_and_keeps_the_outputs(xy):
     assert sliced >= 4
     # Nothing left to cut: the same optimizer comes back.
     assert keras_dstee.shrink(model) is model.optimizer
+
+
+def test_a_rebuild_releases_the_old_variables(xy, tmp_path):
+    """The full-width weights, masks and slots are freed after a rebuild
+    (on TensorFlow its object graph named them apart from Keras's lists)."""
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            optimizer = self.model.optimizer
+            seen.extend(weakref.ref(v) for v in [*self.model.weights, *optimizer.variables])
+
+    model, callback, _ = train(xy, shrink=True, epochs=3, callbacks=[Watch()])
+    assert callback.rebuilds
+    gc.collect()
+    current = {id(v) for v in [*model.weights, *model.optimizer.variables]}
+    alive = [ref().path for ref in seen if ref() is not None and id(ref()) not in current]
+    assert alive == []
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+        saved = {tuple(s) for n, s in tf.train.list_variables(path) if n.startswith("model/_operations/")}
+        assert saved == {tuple(v.shape) for v in model.weights}
 
 
 def test_a_checkpoint_saved_after_a_rebuild_resumes_exactly(xy, tmp_path):

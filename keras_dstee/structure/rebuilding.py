@@ -169,6 +169,7 @@ def _swap(layer, attribute, old, new):
     finally:
         if locked:
             tracker.lock()
+    _swap_tf_dependency(layer, attribute, old, new)
     for name in ("_trainable_variables", "_non_trainable_variables"):
         variables = getattr(layer, name, None)
         if variables is None:
@@ -176,6 +177,21 @@ def _swap(layer, attribute, old, new):
         for i, v in enumerate(variables):
             if v is old:
                 variables[i] = new
+
+
+def _swap_tf_dependency(layer, attribute, old, new):
+    """TensorFlow's object graph (checkpoints, SavedModel) names an
+    attribute's variable apart from Keras's lists: left alone, it keeps the
+    old variable in that graph and alive. Written around Keras's tracking
+    (its containers would add `new` to the layer's variables once more)."""
+    names = vars(layer).get("_self_unconditional_dependency_names")
+    if names is None or names.get(attribute) is not old:
+        return
+    dict.__setitem__(names, attribute, new)
+    references = layer._self_unconditional_checkpoint_dependencies
+    for i, reference in enumerate(references):
+        if reference.name == attribute:
+            list.__setitem__(references, i, type(reference)(name=attribute, ref=new))
 
 
 def _retrack_torch(layers):
