@@ -306,3 +306,25 @@ def test_share_budget_keeps_the_total():
     assert shared[0] == 20 and shared[2] == 30  # full kernels hold what fits
     # The 30 weights kernel 0 can't hold go to kernels 1 and 3, by free room.
     assert list(shared[[1, 3]] - [10, 7]) == [8, 22]
+
+
+@pytest.mark.parametrize(
+    "active, target, expected",
+    [
+        (100, 100, (0, 25, 25)),  # steady state: swap a quarter of the kernel
+        (120, 100, (20, 25, 25)),  # over target: prune 20, then swap
+        # Most weights just left with their channels: swap a quarter of the
+        # 10 trained ones left, not of the target (which took all ten).
+        (10, 100, (0, 3, 93)),
+    ],
+)
+def test_a_channel_update_swaps_a_fraction_of_the_weights_it_keeps(active, target, expected):
+    mask = np.zeros(400, "float32")
+    mask[:active] = 1.0
+    allowed = np.zeros(400, "float32")
+    allowed[:300] = 1.0
+    ops = keras.ops
+    counts = channel_sparsity.update_counts(
+        ops.convert_to_tensor(mask), ops.convert_to_tensor(allowed), ops.convert_to_tensor(target, "int32"), 0.25
+    )
+    assert tuple(int(to_numpy(c)) for c in counts) == expected

@@ -430,14 +430,19 @@ def update_counts(mask, allowed, target, fraction=None):
     """`(prune, regular, grow)` of one kernel's update with channels: the
     weights over its `target` are pruned; with a `fraction` (a method that
     swaps weights, on a kernel trained sparse) the regular drop-and-grow
-    swaps that fraction of `target`, within the free live room; the weights
-    under `target` are grown."""
+    swaps that fraction of the weights it keeps, within the free live room;
+    the weights under `target` are grown."""
     active = ops.cast(ops.sum(mask), "int32")
     capacity = ops.cast(ops.sum(allowed), "int32")
     prune = ops.maximum(active - target, 0)
     regular = ops.zeros((), "int32")
     if fraction is not None:
-        regular = ops.cast(ops.ceil(fraction * ops.cast(target, "float32")), "int32")
+        # A fraction of the trained weights that stay, not of `target`: a
+        # kernel that just lost most of its weights with its channels
+        # (and grows back to `target` from zero) would otherwise swap out
+        # every trained weight it has left.
+        kept = ops.minimum(active, target)
+        regular = ops.cast(ops.ceil(fraction * ops.cast(kept, "float32")), "int32")
         regular = ops.clip(regular, 0, ops.maximum(capacity - target, 0))
     return prune, regular, regular + ops.maximum(target - active, 0)
 
