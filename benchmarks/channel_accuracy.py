@@ -10,8 +10,8 @@ Recipe (`common.train_cifar`): 10k training images, 6 epochs, SGD momentum
 0.9 nesterov, lr 0.05 cosine, weight decay 5e-4, batch 128; masks (and
 channels) updated every 25 steps until 75 % of training; the "channels from
 25 %" variants wait until then (`channel_begin=0.25`) before channels go.
-Models: the small CNN of `common.py` and VGG-19 at a quarter of its width
-(`vgg19_quarter`).
+Models: the small CNN of `common.py`, VGG-19 and ResNet-50 at a quarter of
+their width (`vgg19_quarter`, `resnet50_quarter`).
 A control tells capacity from the removal itself: the model at half width
 (what channels 0.5 in every layer leaves) trained unstructured from scratch
 with the same number of weights.
@@ -56,7 +56,7 @@ VARIANTS = [
     ("rigl", 0.5, 0.2, None), HALF, ("dstee", 0.5, 1.0, 0.25), ("dstee", 0.5, 0.2, 0.25), EARLY, SHRINK, DENSE,
 ]
 # Each model at half its width.
-HALF_WIDTH = {"small_cnn": "small_cnn_half", "vgg19_quarter": "vgg19_eighth"}
+HALF_WIDTH = {"small_cnn": "small_cnn_half", "vgg19_quarter": "vgg19_eighth", "resnet50_quarter": "resnet50_eighth"}
 
 
 def key(model, sparsity, method, channels, seed, min_channels=0.2, channel_begin=None, channel_end=None,
@@ -132,6 +132,8 @@ def table(runs):
             diffs = [100 * (r["test_accuracy"] - reference[r["seed"]]["test_accuracy"]) for r in group if r["seed"] in reference]
             live = [r["live_channels"] for r in group if r.get("live_channels") is not None]
             name = _name(variant)
+            if channels not in (None, 0.0, "half_width") and not all(r.get("swap_fix") for r in group):
+                name += " (before the swap fix, CHANGELOG)"
             paired = ", ".join(f"{d:+.2f}" for d in diffs) if variant != VARIANTS[0] else "-"
             mean = f"{statistics.mean(diffs):+.2f} ({len(diffs)})" if paired != "-" and diffs else "-"
             alive = f"{statistics.mean(live) if live else 1.0:.2f}" if variant != HALF else "(0.50)"
@@ -153,7 +155,7 @@ def table(runs):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["small_cnn", "vgg19_quarter"])
+    p.add_argument("--models", nargs="+", default=["small_cnn", "vgg19_quarter"], choices=sorted(HALF_WIDTH))
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.98])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=6)
@@ -185,6 +187,8 @@ def main():
                                           recalibrate=args.recalibrate, **extra)
                     run.update(channels=channels, min_channels=min_channels, channel_begin=channel_begin,
                                channel_end=channel_end, backend=keras.backend.backend())
+                    # Channel runs since a kernel swaps a fraction of the weights it keeps.
+                    run["swap_fix"] = True
                     if variant == DENSE:
                         run["sparsity"] = sparsity  # listed beside the sparse runs it is compared with
                     runs[k] = run

@@ -103,6 +103,8 @@ BUILDERS = {
     # `min_channels=1.0` leaves of the two above.
     "small_cnn_half": lambda: small_cnn(width=0.5),
     "vgg19_eighth": lambda: keras_dstee.models.vgg19_cifar(10, width=0.125),
+    "resnet50_quarter": lambda: keras_dstee.models.resnet50_cifar(10, width=0.25),
+    "resnet50_eighth": lambda: keras_dstee.models.resnet50_cifar(10, width=0.125),
 }
 
 

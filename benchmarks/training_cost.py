@@ -2,7 +2,9 @@
 `fit` (compiles, rebuilds and recompiles included) with
 `DSTEE(sparsity=0.9, channel_sparsity=0.5, min_channels=1.0,
 channel_end=0.25, shrink=True)` against the same model trained dense,
-taking turns: dense, shrink and a second dense run (the A/A control), each
+taking turns: dense, shrink, a second dense run (the A/A control) and the
+final architecture (the width `channel_sparsity` leaves in every layer)
+trained dense from the start, the floor of what shrinking can reach, each
 in its own process (so that each has its own peak memory), `--repeats`
 times; the medians of the `fit` wall times are compared.
 
@@ -22,6 +24,7 @@ data order), the figure `tests/test_shrinking.py` holds to 1e-5.
 
     KERAS_BACKEND=jax python benchmarks/training_cost.py --model vgg19_cifar
     python benchmarks/training_cost.py --table    # the markdown table of all runs
+    KERAS_BACKEND=tensorflow python benchmarks/training_cost.py --divergence vgg19_quarter --epochs 6
 
 Writes (merges into) `benchmarks/results/training_cost.json`, one entry
 per backend, model and run length.
@@ -151,6 +154,48 @@ def equivalence():
                for a, b in zip(models[0].weights, models[1].weights))
 
 
+def divergence(model_name, epochs, images):
+    """How far a shrunk run drifts from its masked twin on a real model and
+    real images (same seed and data order): per epoch the two training
+    losses, and at the end the largest weight difference and the share of
+    kernel positions whose zero/nonzero state differs (mask decisions that
+    float rounding flipped), after `keras_dstee.shrink` of the masked one."""
+    import keras
+    import numpy as np
+
+    import keras_dstee
+
+    (x, y), _ = common.load_cifar10(train_size=images)
+    models, losses = [], []
+    for shrink in (False, True):
+        keras.utils.set_random_seed(0)
+        model = common.BUILDERS[model_name]()
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        callback = keras_dstee.DSTEE(shrink=shrink, seed=0, update_freq=25, **SETTINGS)
+        history = model.fit(x, y, batch_size=128, epochs=epochs, verbose=0, shuffle=False, callbacks=[callback])
+        models.append(model)
+        losses.append(history.history["loss"])
+    # The shrunk run may still hold a few removed channels (too few to
+    # rebuild for): both are cut to what is alive.
+    for model in models:
+        keras_dstee.shrink(model)
+    pairs = [(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+             for a, b in zip(models[0].weights, models[1].weights)]
+    kernels = [(a, b) for a, b in pairs if a.ndim > 1]
+    flipped = sum(int(((a != 0) != (b != 0)).sum()) for a, b in kernels) / sum(a.size for a, _ in kernels)
+    return {
+        "model": model_name,
+        "epochs": epochs,
+        "images": images,
+        "loss_masked": losses[0],
+        "loss_shrunk": losses[1],
+        "max_weight_difference": max(float(np.abs(a - b).max()) for a, b in pairs),
+        "largest_weight": max(float(np.abs(a).max()) for a, _ in pairs),
+        "mask_positions_differing": flipped,
+    }
+
+
 def _start_backend():
     """A process's first `fit` also pays for starting the backend: a tiny
     unrelated model's fit takes that, untimed (not the measured model's, whose
@@ -173,17 +218,18 @@ def measure(args):
 
     # Rebuilds happen by the end of the epoch where the channels reach their target.
     reset_at = max(1, round(SETTINGS["channel_end"] * args.epochs) + 1)
-    times = {"dense": [], "shrink": [], "dense_copy": []}
-    last_epoch = {"dense": [], "shrink": [], "dense_copy": []}
-    peaks = {"dense": [], "shrink": []}
-    peaks_run = {"dense": [], "shrink": []}
+    names = ("dense", "shrink", "dense_copy", "final")
+    times, last_epoch, epochs = ({name: [] for name in names} for _ in range(3))
+    peaks = {"dense": [], "shrink": [], "final": []}
+    peaks_run = {"dense": [], "shrink": [], "final": []}
     rebuilds, losses = None, {}
     state_bytes = {"dense": None, "shrink": None}
     for repeat in range(args.repeats):
-        for name in ("dense", "shrink", "dense_copy"):
+        for name in names:
             result = run_in_child(args, name, reset_at)
             times[name].append(result["seconds"])
             last_epoch[name].append(result["epoch_s"][-1])
+            epochs[name].append(result["epoch_s"])
             losses.setdefault(name, []).append(result["loss"])
             if name in peaks and result["peak_after_kib"]:
                 peaks[name].append(result["peak_after_kib"])
@@ -209,11 +255,19 @@ def measure(args):
         "shrink_s": median["shrink"],
         "ratio": median["shrink"] / median["dense"],
         "aa": median["dense_copy"] / median["dense"],
+        # The floor: the architecture shrinking ends with, trained dense
+        # from the start (its whole run and its peak memory).
+        "final_s": median["final"],
+        "final_ratio": median["final"] / median["dense"],
+        "final_peak_mem_ratio": _ratio(peaks, "final"),
         # The last epoch alone: steady state after the last rebuild (no compile).
         "last_epoch_ratio": statistics.median(last_epoch["shrink"]) / statistics.median(last_epoch["dense"]),
         "last_epoch_aa": statistics.median(last_epoch["dense_copy"]) / statistics.median(last_epoch["dense"]),
         "times": times,
         "last_epoch_s": last_epoch,
+        # Where a run's time goes: each epoch's median seconds (the first
+        # compiles, an epoch after a rebuild recompiles).
+        "epoch_s": {k: [statistics.median(e) for e in zip(*v)] for k, v in epochs.items()},
         "peak_mem_ratio": _ratio(peaks),
         "peak_mem_ratio_run": _ratio(peaks_run),
         "state_bytes": state_bytes,
@@ -234,9 +288,9 @@ def measure(args):
     print(json.dumps({k: v for k, v in entry.items() if k not in ("times", "rebuilds")}, indent=1))
 
 
-def _ratio(values):
-    if values["shrink"] and values["dense"]:
-        return statistics.median(values["shrink"]) / statistics.median(values["dense"])
+def _ratio(values, name="shrink"):
+    if values.get(name) and values["dense"]:
+        return statistics.median(values[name]) / statistics.median(values["dense"])
     return None
 
 
@@ -246,8 +300,8 @@ def table(path):
     lines = [
         "| backend | model | width | steps (epochs x steps) | batch | dense s | shrink s | ratio | A/A | "
         "rebuilds | channels left | FLOPs after | last epoch ratio (A/A) | peak RSS after last rebuild | "
-        "training state at the end | equivalence |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "training state at the end | final architecture trained dense: time, peak RSS | equivalence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         last = r["rebuilds"][-1] if r["rebuilds"] else None
@@ -255,11 +309,13 @@ def table(path):
         flops = f"{last['flops_after'] / r['rebuilds'][0]['flops_before']:.2f}x" if last else "-"
         memory = f"{r['peak_mem_ratio']:.2f}x" if r["peak_mem_ratio"] else "-"
         state = f"{r['state_ratio']:.2f}x" if r.get("state_ratio") else "-"
+        final = (f"{r['final_ratio']:.2f}x, {r['final_peak_mem_ratio']:.2f}x"
+                 if r.get("final_ratio") and r.get("final_peak_mem_ratio") else "-")
         lines.append(
             f"| {r['backend']} | {r['model']} | {r['width']} | {r['epochs'] * r['steps_per_epoch']} "
             f"({r['epochs']} x {r['steps_per_epoch']}) | {r['batch']} | {r['dense_s']:.1f} | {r['shrink_s']:.1f} | "
             f"**{r['ratio']:.2f}x** | {r['aa']:.2f} | {len(r['rebuilds'])} | {channels} | {flops} | "
-            f"{r['last_epoch_ratio']:.2f}x ({r['last_epoch_aa']:.2f}) | {memory} | {state} | "
+            f"{r['last_epoch_ratio']:.2f}x ({r['last_epoch_aa']:.2f}) | {memory} | {state} | {final} | "
             f"{r['equivalence']:.1e} |"
         )
     return "\n".join(lines)
@@ -275,15 +331,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=OUT)
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
-    parser.add_argument("--one", choices=["dense", "shrink", "dense_copy"], help=argparse.SUPPRESS)
+    parser.add_argument("--divergence", metavar="MODEL", choices=sorted(common.BUILDERS),
+                        help="only compare a shrunk and a masked run of MODEL (of benchmarks/common.py) "
+                             "on --images CIFAR-10 images for --epochs, and print it")
+    parser.add_argument("--images", type=int, default=2560)
+    parser.add_argument("--one", choices=["dense", "shrink", "dense_copy", "final"], help=argparse.SUPPRESS)
     parser.add_argument("--reset-at", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.table:
         print(table(args.out))
+    elif args.divergence:
+        print(json.dumps(divergence(args.divergence, args.epochs, args.images), indent=1))
     elif args.one:
         x, y = data(args)
         _start_backend()
-        result = run(args.model, args.width, x, y, args.batch, args.epochs, args.one == "shrink", args.reset_at)
+        # "final": the width that `channel_sparsity` leaves in every layer.
+        width = args.width * (1 - SETTINGS["channel_sparsity"]) if args.one == "final" else args.width
+        result = run(args.model, width, x, y, args.batch, args.epochs, args.one == "shrink", args.reset_at)
         print("RESULT " + json.dumps(result))
     else:
         measure(args)
