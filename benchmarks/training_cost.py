@@ -131,27 +131,40 @@ def run_in_child(args, name, reset_at):
     return json.loads(line[len("RESULT "):])
 
 
+def masked_and_shrunk(make_model, x, y, epochs, batch_size, **settings):
+    """A masked and a shrunk `DSTEE` run of `make_model()` (same seed and
+    data order), both cut to what is alive at the end (a shrunk run may
+    still hold a few removed channels, too few to rebuild for): their
+    weights as numpy pairs and their per-epoch losses."""
+    import keras
+
+    import keras_dstee
+
+    models, losses = [], []
+    for shrink in (False, True):
+        model = make_model()
+        history = model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=False,
+                            callbacks=[keras_dstee.DSTEE(shrink=shrink, **settings)])
+        keras_dstee.shrink(model)
+        models.append(model)
+        losses.append(history.history["loss"])
+    pairs = [(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+             for a, b in zip(models[0].weights, models[1].weights)]
+    return pairs, losses
+
+
 def equivalence():
     """Largest weight difference between a shrunk and a masked run of the
     small conv net of `tests/test_shrinking.py`."""
-    import keras
     import numpy as np
 
-    import keras_dstee
     from tests.test_shrinking import conv_bn_model
     from tests.test_shrinking import settings
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(128, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 128)
-    models = []
-    for shrink in (False, True):
-        model = conv_bn_model()
-        model.fit(x, y, epochs=6, batch_size=16, verbose=0, shuffle=False,
-                  callbacks=[keras_dstee.DSTEE(shrink=shrink, **settings())])
-        models.append(model)
-    keras_dstee.shrink(models[0])
-    return max(float(np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b)).max())
-               for a, b in zip(models[0].weights, models[1].weights))
+    pairs, _ = masked_and_shrunk(conv_bn_model, x, y, 6, 16, **settings())
+    return max(float(np.abs(a - b).max()) for a, b in pairs)
 
 
 def divergence(model_name, epochs, images):
@@ -159,29 +172,19 @@ def divergence(model_name, epochs, images):
     real images (same seed and data order): per epoch the two training
     losses, and at the end the largest weight difference and the share of
     kernel positions whose zero/nonzero state differs (mask decisions that
-    float rounding flipped), after `keras_dstee.shrink` of the masked one."""
+    float rounding flipped)."""
     import keras
     import numpy as np
 
-    import keras_dstee
-
-    (x, y), _ = common.load_cifar10(train_size=images)
-    models, losses = [], []
-    for shrink in (False, True):
+    def make_model():
         keras.utils.set_random_seed(0)
         model = common.BUILDERS[model_name]()
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        callback = keras_dstee.DSTEE(shrink=shrink, seed=0, update_freq=25, **SETTINGS)
-        history = model.fit(x, y, batch_size=128, epochs=epochs, verbose=0, shuffle=False, callbacks=[callback])
-        models.append(model)
-        losses.append(history.history["loss"])
-    # The shrunk run may still hold a few removed channels (too few to
-    # rebuild for): both are cut to what is alive.
-    for model in models:
-        keras_dstee.shrink(model)
-    pairs = [(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
-             for a, b in zip(models[0].weights, models[1].weights)]
+        return model
+
+    (x, y), _ = common.load_cifar10(train_size=images)
+    pairs, losses = masked_and_shrunk(make_model, x, y, epochs, 128, seed=0, update_freq=25, **SETTINGS)
     kernels = [(a, b) for a, b in pairs if a.ndim > 1]
     flipped = sum(int(((a != 0) != (b != 0)).sum()) for a, b in kernels) / sum(a.size for a, _ in kernels)
     return {

@@ -2,9 +2,11 @@
 as a string, DST-EE's settings on the optimizer config, densities by
 position with 1.0 for every dense variable) loads with its sparse state and
 resumes as 0.1 resumed it (`tests/data/make_v0_1_checkpoint.py`). Every
-method trains the masks 0.2.0 trained, bit for bit, for the same seed, and
-a 0.2.0 file with channel state resumes as 0.2.0 resumed it
-(`tests/data/make_v0_2_reference.py`)."""
+method trains the masks 0.2.0 trained, bit for bit, for the same seed
+(`tests/data/make_v0_2_reference.py`). Runs with `channel_sparsity` changed
+on purpose after 0.2.0 (CHANGELOG, "Channel sparsity could kill a deep
+network"): a 0.2.0 file with channel state loads and resumes with its
+removed channels, within its budget."""
 
 import os
 import sys
@@ -69,7 +71,11 @@ def _assert_same_state(got, expected, prefix):
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
-@pytest.mark.parametrize("run", sorted(v0_2.RUNS))
+# The channel update's swap count changed after 0.2.0 (the swap fix).
+CHANGED_SINCE_0_2 = {"dstee_channels", "granet_channels"}
+
+
+@pytest.mark.parametrize("run", sorted(set(v0_2.RUNS) - CHANGED_SINCE_0_2))
 def test_masks_are_those_0_2_0_trained(run):
     expected = np.load(os.path.join(HERE, "data", f"v0_2_reference_{BACKEND}.npz"))
     model = v0_2.model()
@@ -77,12 +83,23 @@ def test_masks_are_those_0_2_0_trained(run):
     _assert_same_state(v0_2.state(model, run), expected, run)
 
 
-def test_a_0_2_0_file_with_channel_state_resumes_as_0_2_0_did():
+def test_a_0_2_0_file_with_channel_state_resumes():
     expected = np.load(os.path.join(HERE, "data", f"v0_2_reference_{BACKEND}.npz"))
     model = keras.saving.load_model(v0_2.CHECKPOINT)
     assert model.optimizer.channels is not None
+    alive = keras.ops.convert_to_numpy(model.optimizer.channels.alive)
+    assert (alive == 0).any()
     v0_2.fit(model, v0_2.RUNS["dstee_channels"](), initial_epoch=2)
-    _assert_same_state(v0_2.state(model, "resumed"), expected, "resumed")
+    got = v0_2.state(model, "resumed")
+    np.testing.assert_array_equal(got["resumed/step"], expected["resumed/step"])
+    # Removed channels never come back; as many are gone as 0.2.0 removed.
+    assert np.all(got["resumed/alive"][alive == 0] == 0)
+    assert got["resumed/alive"].sum() == expected["resumed/alive"].sum()
+    # The kernels together hold at most their budget (a kernel may hold
+    # another's share; in this small net the live area cannot hold all of
+    # it, as in 0.2.0).
+    kernels = model.optimizer.kernels
+    assert 0 < sum(int(keras.ops.convert_to_numpy(k.mask).sum()) for k in kernels) <= sum(k.active for k in kernels)
 
 
 @pytest.fixture(autouse=True)
