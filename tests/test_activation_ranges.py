@@ -79,3 +79,26 @@ def test_several_outputs_get_tflite_ranges(tmp_path):
     x = np.random.default_rng(2).normal(size=(64, 8)).astype("float32")
     report = keras_dstee.export_tflite(model, str(tmp_path / "m.tflite"), quantize="int8", representative_data=x)
     assert report["activation_ranges"] == "minmax" and "activation_range_scores" not in report
+
+
+@pytest.mark.parametrize("ranges", ["auto", "minmax"])
+def test_a_layer_that_never_fires_on_the_calibration_samples_exports(tmp_path, ranges):
+    # Its ReLUs are 0 on every sample: TFLite records the range 0 to 1e-38,
+    # the Dense layer computing it needs a requantization scale XNNPACK
+    # refuses, and the file could not run (a shrunk net on JAX met it).
+    rng = np.random.default_rng(3)
+    model = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(4, activation="relu"), keras.layers.Dense(3),
+    ])
+    model.set_weights([
+        rng.normal(size=(8, 16)).astype("float32"), np.zeros(16, "float32"),
+        rng.normal(size=(16, 4)).astype("float32"), np.full(4, -1000.0, "float32"),
+        rng.normal(size=(4, 3)).astype("float32"), np.array([0.3, -0.2, 0.1], "float32"),
+    ])
+    x = rng.normal(size=(64, 8)).astype("float32")
+    report = keras_dstee.export_tflite(
+        model, str(tmp_path / "m.tflite"), quantize="int8", representative_data=x, activation_ranges=ranges
+    )
+    # The output is the last bias, held to int8's precision.
+    np.testing.assert_allclose(tflite_runner.predict_tflite(report["path"], x), to_numpy(model(x)), atol=0.01)

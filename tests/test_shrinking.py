@@ -284,15 +284,8 @@ def test_a_shrunk_model_exports_and_slims(xy, tmp_path):
     np.testing.assert_allclose(to_numpy(slimmed(x[:8], training=False)), expected, atol=1e-4)
     summary = keras_dstee.summary(model, print_fn=lambda line: None)
     assert summary["total"]["size"] == sum(int(np.prod(v.shape)) for v in model.trainable_variables if len(v.shape) > 1)
-    try:
-        int8 = keras_dstee.export_tflite(model, str(tmp_path / "int8.tflite"), quantize="int8",
-                                         representative_data=x[:32])
-    except RuntimeError as error:
-        if "failed to create XNNPACK runtime" not in str(error):
-            raise
-        # Known and open (issue 36's note): on JAX this net, trained since
-        # the swap fix, gives an int8 file XNNPACK cannot prepare.
-        pytest.xfail("int8 file fails XNNPACK's prepare (open)")
+    int8 = keras_dstee.export_tflite(model, str(tmp_path / "int8.tflite"), quantize="int8",
+                                     representative_data=x[:32])
     got = tflite_runner.predict_tflite(int8["path"], x[:8])
     assert np.mean(np.argmax(got, -1) == np.argmax(expected, -1)) >= 0.75
 

@@ -32,16 +32,17 @@ ACTIVATION_RANGES = ("auto", "minmax")
 GROUPS = (64, 16, 4, 1)
 
 
-def quantize(converter, samples, expected, per_channel=True, io_dtype="float32"):
+def quantize(converter, samples, expected=None, per_channel=True, io_dtype="float32"):
     """Full-integer int8 through `converter` (set up for it, without the
     sparse format) with the activation ranges on which the file's outputs
-    for `samples` agree best with `expected`, the model's first output.
+    for `samples` agree best with `expected`, the model's first output;
+    without `expected`, TFLite's ranges (`"minmax"`).
 
     Returns the file's bytes and a dict: `activation_ranges` (the label of
     the ranges used: `"minmax"`, TFLite's, or `"mean over groups of g"`) and
     `activation_range_scores` (each candidate's agreement: the share of
     samples with the model's class, or for other outputs minus the squared
-    error relative to the output's variance).
+    error relative to the output's variance; only with `expected`).
     """
     import tensorflow as tf
     from tensorflow.lite.python import convert as lite_convert
@@ -50,20 +51,54 @@ def quantize(converter, samples, expected, per_channel=True, io_dtype="float32")
     # activation's extremes, which the quantizer reads.
     converter._experimental_calibrate_only = True
     calibrated = converter.convert()
+    recorded = tflite_rewrite.recorded_ranges(calibrated)
     io = tf.int8 if io_dtype == "int8" else tf.float32
+    candidates = _candidates(calibrated, recorded, samples) if expected is not None else [("minmax", {})]
     best = None
     scores = {}
-    for label, ranges in _candidates(calibrated, samples):
+    for label, ranges in candidates:
         data = lite_convert.mlir_quantize(
-            tflite_rewrite.with_ranges(calibrated, ranges),
+            tflite_rewrite.with_ranges(calibrated, _widen_constants({**recorded, **ranges})),
             disable_per_channel=not per_channel,
             input_data_type=io,
             output_data_type=io,
         )
+        if expected is None:
+            return data, {"activation_ranges": label}
         scores[label] = _agreement(data, samples, expected)
         if best is None or scores[label] > scores[best[0]]:
             best = (label, data)
     return best[1], {"activation_ranges": best[0], "activation_range_scores": scores}
+
+
+def _widen_constants(ranges):
+    """`ranges` with each tensor that was constant on every calibration
+    sample (a layer of ReLUs that never fired: its range is 0 to 1e-38)
+    given the typical width of the others, around its value. Its value is
+    still held exactly, on inputs where it is not constant it has levels to
+    use, and the op that computes it keeps a requantization scale XNNPACK
+    accepts: with the recorded range the scale was over 1,000 (a dead
+    4-unit Dense layer of a shrunk net), above XNNPACK's limit of 256, and
+    the file could not run."""
+    widths = [high - low for low, high in ranges.values() if not _constant(low, high)]
+    if not widths:
+        return ranges
+    width = float(np.median(widths))
+    widened = dict(ranges)
+    for index, (low, high) in ranges.items():
+        if _constant(low, high):
+            # Its range includes 0, as TFLite's does, and grows away from it.
+            low, high = min(low, 0.0), max(high, 0.0)
+            if low < 0:
+                low = min(low, high - width)
+            else:
+                high = max(high, width)
+            widened[index] = (low, high)
+    return widened
+
+
+def _constant(low, high):
+    return high - low <= 1e-6 * max(1.0, abs(low), abs(high))
 
 
 def sparsify(tflite_bytes):
@@ -74,11 +109,10 @@ def sparsify(tflite_bytes):
     return lite_convert.mlir_sparsify(tflite_bytes)
 
 
-def _candidates(calibrated, samples):
-    """(label, ranges) pairs, the ranges replacing recorded ones: TFLite's
+def _candidates(calibrated, recorded, samples):
+    """(label, ranges) pairs, the ranges replacing `recorded` ones: TFLite's
     extremes first (none replaced), then group means over fewer and fewer
     samples."""
-    recorded = tflite_rewrite.recorded_ranges(calibrated)
     yield "minmax", {}
     tensors = sorted(recorded)
     low, high = _extremes_per_sample(calibrated, tensors, samples)

@@ -315,14 +315,13 @@ def _export_tflite_here(
         saved = os.path.join(folder, "saved_model")
         model.export(saved, format="tf_saved_model", verbose=False)
         settings = {"quantize": quantize, "samples": samples, "io_dtype": io_dtype, "per_channel": per_channel}
-        if activation_ranges == "auto" and expected is not None:
-            raw, chosen = ranges_lib.quantize(_converter(saved, **settings), samples, expected, per_channel, io_dtype)
+        if samples is not None:
+            scored = expected if activation_ranges == "auto" else None
+            raw, chosen = ranges_lib.quantize(_converter(saved, **settings), samples, scored, per_channel, io_dtype)
             raw_sparse = ranges_lib.sparsify(raw) if sparse else None
         else:
             raw = _convert(saved, sparse=False, **settings)
             raw_sparse = _convert(saved, sparse=True, **settings) if sparse else None
-            if samples is not None:
-                chosen = {"activation_ranges": "minmax"}
         flat = _runnable(raw)[0]
         if quantize is not None:
             flat = tflite_rewrite.quantization_stored_once(flat)
