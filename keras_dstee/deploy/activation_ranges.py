@@ -74,10 +74,10 @@ def quantize(converter, samples, expected=None, per_channel=True, io_dtype="floa
 def _widen_constants(ranges):
     """`ranges` with each tensor that was constant on every calibration
     sample (a layer of ReLUs that never fired: its range is 0 to 1e-38)
-    given the typical width of the others, around its value. Its value is
-    still held exactly, on inputs where it is not constant it has levels to
-    use, and the op that computes it keeps a requantization scale XNNPACK
-    accepts: with the recorded range the scale was over 1,000 (a dead
+    given the median width of the others, from 0 past its value. Zero (the
+    usual constant) is still held exactly, on inputs where the tensor is
+    not constant it has levels to use, and the op that computes it keeps a
+    requantization scale XNNPACK accepts: with the recorded range the scale was over 1,000 (a dead
     4-unit Dense layer of a shrunk net), above XNNPACK's limit of 256, and
     the file could not run."""
     widths = [high - low for low, high in ranges.values() if not _constant(low, high)]
