@@ -77,9 +77,9 @@ def _widen_constants(ranges):
     given the median width of the others, from 0 past its value. Zero (the
     usual constant) is still held exactly, on inputs where the tensor is
     not constant it has levels to use, and the op that computes it keeps a
-    requantization scale XNNPACK accepts: with the recorded range the scale was over 1,000 (a dead
-    4-unit Dense layer of a shrunk net), above XNNPACK's limit of 256, and
-    the file could not run."""
+    requantization scale XNNPACK accepts: with the recorded range the scale
+    was over 1,000 (a dead 4-unit Dense layer of a shrunk net), above
+    XNNPACK's limit of 256, and the file could not run."""
     widths = [high - low for low, high in ranges.values() if not _constant(low, high)]
     if not widths:
         return ranges
