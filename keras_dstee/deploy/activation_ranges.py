@@ -53,18 +53,21 @@ def quantize(converter, samples, expected=None, per_channel=True, io_dtype="floa
     calibrated = converter.convert()
     recorded = tflite_rewrite.recorded_ranges(calibrated)
     io = tf.int8 if io_dtype == "int8" else tf.float32
-    candidates = _candidates(calibrated, recorded, samples) if expected is not None else [("minmax", {})]
-    best = None
-    scores = {}
-    for label, ranges in candidates:
-        data = lite_convert.mlir_quantize(
+
+    def quantized(ranges):
+        return lite_convert.mlir_quantize(
             tflite_rewrite.with_ranges(calibrated, _widen_constants({**recorded, **ranges})),
             disable_per_channel=not per_channel,
             input_data_type=io,
             output_data_type=io,
         )
-        if expected is None:
-            return data, {"activation_ranges": label}
+
+    if expected is None:
+        return quantized({}), {"activation_ranges": "minmax"}
+    best = None
+    scores = {}
+    for label, ranges in _candidates(calibrated, recorded, samples):
+        data = quantized(ranges)
         scores[label] = _agreement(data, samples, expected)
         if best is None or scores[label] > scores[best[0]]:
             best = (label, data)
