@@ -2,9 +2,10 @@
 architecture below (32x32 inputs, random weights and data, 6 short epochs)
 is trained with `DSTEE(sparsity=0.9, channel_sparsity=0.5, min_channels=0.2,
 channel_end=0.25, shrink=True)` (channels ranked across layers: every layer
-its own width, the harder case for the rebuild); the script records the rebuilds, the parameters and
-multiply-adds before and after, the losses, and whether the shrunk model
-saved as `.keras` loads and predicts what it predicted. A check that the
+its own width, the harder case for the rebuild); the script records the
+rebuilds, the parameters and multiply-adds before and after, the losses,
+and whether the shrunk model saved as `.keras` loads and predicts what it
+predicted. A check that the
 rebuild handles real architectures (residual adds, concatenation,
 depthwise and squeeze-and-excitation blocks, LayerNormalization), not a
 speed or accuracy figure.
