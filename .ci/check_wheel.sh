@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
 python -m build --sdist --wheel --outdir "$work/dist" . > "$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
 wheel=$(ls "$work"/dist/*.whl)
 version=$(python -c "import runpy; print(runpy.run_path('keras_dstee/version.py')['__version__'])")
@@ -41,4 +42,3 @@ assert 0 < callback.optimizer.sparsity_stats()["coverage"] <= 1
 keras_dstee.strip(model)
 print(f"installed wheel {sys.argv[1]}: trained at sparsity {report['total']['sparsity']:.4f} from {keras_dstee.__file__}")
 PY
-rm -rf "$work"

@@ -47,6 +47,8 @@ def _command(args, basetemp):
 
 def _start(backend, name, args, workdir, stream):
     env = dict(os.environ, KERAS_BACKEND=backend)
+    # torch.compile's cache (GBs over a suite) goes with the run, not into /tmp for good.
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(workdir, "torchinductor"))
     basetemp = os.path.join(workdir, f"pytest-{name}")
     log = None if stream else open(os.path.join(workdir, f"{name}.log"), "w+")
     process = subprocess.Popen(
