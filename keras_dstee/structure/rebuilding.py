@@ -56,7 +56,10 @@ def sliced(value, removed):
     positions}`) along each axis."""
     for axis, positions in removed.items():
         value = np.delete(value, sorted(positions), axis=axis)
-    return value
+    # np.delete along a last axis can return a transposed layout; a torch
+    # variable made from it keeps those strides, and every elementwise op
+    # on it (the optimizer's, the masks') then runs several times slower.
+    return np.ascontiguousarray(value)
 
 
 def unrebuildable(model, groups):
