@@ -74,6 +74,7 @@ def test_the_shrunk_run_equals_the_masked_run(xy, method):
     first = callback.rebuilds[0]
     assert first["channels_after"] < first["channels_before"] == 64
     assert first["flops_after"] < first["flops_before"]
+    assert first["rebuild_s"] > 0
     # Same losses and the same logged sparsity and coverage (measured over
     # the model before shrinking).
     np.testing.assert_allclose(logs["loss"], masked_logs["loss"], rtol=1e-5)

@@ -245,8 +245,9 @@ class SparseTraining(keras.callbacks.Callback):
         """One dict per rebuild of a `shrink=True` run: `epoch`, `step`,
         `channels_before`/`_after` (removable channels), `channels_planned`
         (before any shrinking), `flops_before`/`_after` (multiply-adds per
-        example) and `step_s_before`/`_after` (seconds per step of the
-        epochs around it)."""
+        example), `step_s_before`/`_after` (seconds per step of the
+        epochs around it) and `rebuild_s` (seconds the rebuild took, the
+        recompile after it not included)."""
         return self._shrinking.rebuilds
 
     def on_train_begin(self, logs=None):

@@ -63,7 +63,9 @@ class FitShrinking:
         if not self._due(optimizer):
             return optimizer
         flops_before = flops.dense_macs(model)
+        started = time.perf_counter()
         record = shrinking.shrink_with_record(model)
+        rebuild_s = time.perf_counter() - started
         for callback in getattr(self._callback_list, "callbacks", []):
             # EarlyStopping(restore_best_weights=True) restores into the smaller model.
             best = getattr(callback, "best_weights", None)
@@ -82,6 +84,7 @@ class FitShrinking:
                 "flops_after": flops_after,
                 "step_s_before": step_s,
                 "step_s_after": None,
+                "rebuild_s": rebuild_s,
             }
         )
         self._say(
@@ -89,7 +92,8 @@ class FitShrinking:
             f"{self.owner}: epoch {epoch + 1}: the model shrank: removable channels "
             f"{record.channels_before} -> {record.channels_after} (of {planned}), "
             f"multiply-adds per example {flops_before / 1e6:.1f}M -> {flops_after / 1e6:.1f}M "
-            f"({flops_after / max(flops_before, 1):.2f}x); {_seconds(step_s)} per step before.",
+            f"({flops_after / max(flops_before, 1):.2f}x); {_seconds(step_s)} per step before; "
+            f"rebuilt in {_seconds(rebuild_s)} (the next step also recompiles).",
         )
         return find_sparse_optimizer(record.optimizer)
 
