@@ -25,6 +25,7 @@ data order), the figure `tests/test_shrinking.py` holds to 1e-5.
     KERAS_BACKEND=jax python benchmarks/training_cost.py --model vgg19_cifar
     python benchmarks/training_cost.py --table    # the markdown table of all runs
     KERAS_BACKEND=tensorflow python benchmarks/training_cost.py --divergence vgg19_quarter --epochs 6
+    KERAS_BACKEND=torch python benchmarks/training_cost.py --step-costs --steps-per-epoch 20 --repeats 5
 
 Writes (merges into) `benchmarks/results/training_cost.json`, one entry
 per backend, model and run length.
@@ -324,6 +325,62 @@ def table(path):
     return "\n".join(lines)
 
 
+def step_costs(model_name, steps, repeats):
+    """Seconds per step once shrinking is done, against the final
+    architecture trained dense (the floor), its copy (A/A), and the same
+    architecture trained sparse without shrinking: each step timed inside
+    `fit` (`on_train_batch_end`, the first step left out), so that what
+    happens around the steps (TensorFlow's data iterator, callbacks) does
+    not count. The models take turns, `repeats` times; medians."""
+    import keras
+    import numpy as np
+
+    import keras_dstee
+
+    (x, y), _ = common.load_cifar10(train_size=32 * steps)
+    final_width = 1 - SETTINGS["channel_sparsity"]
+    build = getattr(keras_dstee.models, model_name) if model_name != "small_cnn" else common.small_cnn
+
+    def compiled(width):
+        model = build(num_classes=10, width=width)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    keras.utils.set_random_seed(0)
+    floor, copy, sparse, shrunk = compiled(final_width), compiled(final_width), compiled(final_width), compiled(1.0)
+    # The schedules run to their end on two batches, so the timed epochs only train.
+    schedule = dict(seed=0, update_freq=2, sparsity=SETTINGS["sparsity"], end=0.75)
+    sparse.fit(x[:64], y[:64], batch_size=32, epochs=4, verbose=0, callbacks=[keras_dstee.DSTEE(**schedule)])
+    callback = keras_dstee.DSTEE(shrink=True, **{**SETTINGS, **schedule})
+    shrunk.fit(x[:64], y[:64], batch_size=32, epochs=8, verbose=0, callbacks=[callback])
+    models = {"final": floor, "final_copy": copy, "sparse_not_shrunk": sparse, "shrunk": shrunk}
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
+    for model in models.values():
+        model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    seconds = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            timer = Steps()
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+            seconds[name].append(float(np.median(np.diff(timer.ends))))
+    median = {name: statistics.median(v) for name, v in seconds.items()}
+    return {
+        "backend": keras.backend.backend(),
+        "model": model_name,
+        "rebuilds": len(callback.rebuilds),
+        "step_s": median,
+        "against_final": {name: median[name] / median["final"] for name in models},
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vgg19_cifar", choices=["vgg19_cifar", "resnet50_cifar", "small_cnn"])
@@ -338,11 +395,16 @@ def main():
                         help="only compare a shrunk and a masked run of MODEL (of benchmarks/common.py) "
                              "on --images CIFAR-10 images for --epochs, and print it")
     parser.add_argument("--images", type=int, default=2560)
+    parser.add_argument("--step-costs", action="store_true",
+                        help="only time steps inside fit once --model has shrunk, against its final "
+                             "architecture trained dense and sparse (--steps-per-epoch steps, --repeats), and print it")
     parser.add_argument("--one", choices=["dense", "shrink", "dense_copy", "final"], help=argparse.SUPPRESS)
     parser.add_argument("--reset-at", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.table:
         print(table(args.out))
+    elif args.step_costs:
+        print(json.dumps(step_costs(args.model, args.steps_per_epoch, args.repeats), indent=1))
     elif args.divergence:
         print(json.dumps(divergence(args.divergence, args.epochs, args.images), indent=1))
     elif args.one:

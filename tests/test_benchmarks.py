@@ -91,3 +91,12 @@ def test_the_half_width_control_holds_the_same_weights():
     half = study.half_width_sparsity("small_cnn", 0.9)
     assert 0.6 < half < 0.7
     assert abs(active("small_cnn_half", half) - active("small_cnn", 0.9)) <= 2
+
+
+@pytest.mark.skipif(not os.path.isfile(CIFAR10), reason="../shared/data/cifar10.npz missing")
+def test_step_costs_compare_the_shrunk_model_with_its_final_architecture():
+    result = _benchmark_module("training_cost").step_costs("small_cnn", steps=4, repeats=1)
+    assert result["backend"] == keras.backend.backend() and result["rebuilds"] >= 1
+    assert set(result["step_s"]) == {"final", "final_copy", "sparse_not_shrunk", "shrunk"}
+    assert all(s > 0 for s in result["step_s"].values())
+    assert result["against_final"]["final"] == 1.0
