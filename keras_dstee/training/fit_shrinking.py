@@ -93,7 +93,7 @@ class FitShrinking:
             f"{record.channels_before} -> {record.channels_after} (of {planned}), "
             f"multiply-adds per example {flops_before / 1e6:.1f}M -> {flops_after / 1e6:.1f}M "
             f"({flops_after / max(flops_before, 1):.2f}x); {_seconds(step_s)} per step before; "
-            f"rebuilt in {_seconds(rebuild_s)} (the next step also recompiles).",
+            f"rebuilt in {_seconds(rebuild_s)} (a compiled step also recompiles next).",
         )
         return find_sparse_optimizer(record.optimizer)
 
