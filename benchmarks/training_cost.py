@@ -65,10 +65,11 @@ def _peak_kib():
     return None
 
 
-def run(model_name, width, x, y, batch, epochs, shrink, reset_at):
+def run(model_name, width, x, y, batch, epochs, shrink, reset_at, tf_data=False):
     """One whole `fit`: its seconds, peak KiB from epoch `reset_at` on and
     over the run, the rebuilds, the final training loss and each epoch's
-    seconds."""
+    seconds. `tf_data`: the data as a batched `tf.data.Dataset` rather than
+    NumPy arrays."""
     import keras
     import numpy as np
 
@@ -99,9 +100,13 @@ def run(model_name, width, x, y, batch, epochs, shrink, reset_at):
                 peak["before"] = _peak_kib() or 0
                 peak["reset"] = _peak_reset()
 
+    data = dict(x=x, y=y, batch_size=batch, shuffle=False)
+    if tf_data:
+        import tensorflow as tf
+
+        data = dict(x=tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).prefetch(2))
     start = time.perf_counter()
-    history = model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, shuffle=False,
-                        callbacks=[*callbacks, Peak()])
+    history = model.fit(**data, epochs=epochs, verbose=0, callbacks=[*callbacks, Peak()])
     seconds = time.perf_counter() - start
     rebuilds = [] if sparse is None else sparse.rebuilds
     after = _peak_kib() if peak.get("reset") else None
@@ -124,7 +129,8 @@ def run_in_child(args, name, reset_at):
     """`run` in a fresh process (its own peak memory); returns its result."""
     command = [sys.executable, os.path.abspath(__file__), "--one", name, "--reset-at", str(reset_at),
                "--model", args.model, "--width", str(args.width), "--batch", str(args.batch),
-               "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch)]
+               "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
+               *(["--tf-data"] if args.tf_data else [])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{name} run failed:\n{done.stderr[-3000:]}")
@@ -250,6 +256,7 @@ def measure(args):
         "model": args.model,
         "width": args.width,
         "batch": args.batch,
+        "input": "tf.data" if args.tf_data else "numpy",
         "epochs": args.epochs,
         "steps_per_epoch": args.steps_per_epoch,
         "settings": SETTINGS,
@@ -285,7 +292,8 @@ def measure(args):
     if os.path.isfile(args.out):
         with open(args.out) as f:
             setup = ("backend", "model", "width", "epochs", "steps_per_epoch", "batch")
-            results = [r for r in json.load(f) if [r[k] for k in setup] != [entry[k] for k in setup]]
+            results = [r for r in json.load(f)
+                       if [r[k] for k in setup] + [r.get("input", "numpy")] != [entry[k] for k in setup] + [entry["input"]]]
     results.append(entry)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
@@ -316,7 +324,7 @@ def table(path):
         final = (f"{r['final_ratio']:.2f}x, {r['final_peak_mem_ratio']:.2f}x"
                  if r.get("final_ratio") and r.get("final_peak_mem_ratio") else "-")
         lines.append(
-            f"| {r['backend']} | {r['model']} | {r['width']} | {r['epochs'] * r['steps_per_epoch']} "
+            f"| {r['backend']} | {r['model']}{' (tf.data)' if r.get('input') == 'tf.data' else ''} | {r['width']} | {r['epochs'] * r['steps_per_epoch']} "
             f"({r['epochs']} x {r['steps_per_epoch']}) | {r['batch']} | {r['dense_s']:.1f} | {r['shrink_s']:.1f} | "
             f"**{r['ratio']:.2f}x** | {r['aa']:.2f} | {len(r['rebuilds'])} | {channels} | {flops} | "
             f"{r['last_epoch_ratio']:.2f}x ({r['last_epoch_aa']:.2f}) | {memory} | {state} | {final} | "
@@ -391,6 +399,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=OUT)
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    parser.add_argument("--tf-data", action="store_true",
+                        help="feed fit a batched tf.data.Dataset instead of NumPy arrays (needs TensorFlow)")
     parser.add_argument("--divergence", metavar="MODEL", choices=sorted(common.BUILDERS),
                         help="only compare a shrunk and a masked run of MODEL (of benchmarks/common.py) "
                              "on --images CIFAR-10 images for --epochs, and print it")
@@ -412,7 +422,8 @@ def main():
         _start_backend()
         # "final": the width that `channel_sparsity` leaves in every layer.
         width = args.width * (1 - SETTINGS["channel_sparsity"]) if args.one == "final" else args.width
-        result = run(args.model, width, x, y, args.batch, args.epochs, args.one == "shrink", args.reset_at)
+        result = run(args.model, width, x, y, args.batch, args.epochs, args.one == "shrink", args.reset_at,
+                     args.tf_data)
         print("RESULT " + json.dumps(result))
     else:
         measure(args)
