@@ -65,6 +65,20 @@ def _peak_kib():
     return None
 
 
+def compiled_model(model_name, width):
+    """`model_name` (a `keras_dstee.models` builder or "small_cnn") at
+    `width`, compiled for these runs (SGD with momentum)."""
+    import keras
+
+    import keras_dstee
+
+    build = common.small_cnn if model_name == "small_cnn" else getattr(keras_dstee.models, model_name)
+    model = build(num_classes=10, width=width)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
 def run(model_name, width, x, y, batch, epochs, shrink, reset_at, tf_data=False):
     """One whole `fit`: its seconds, peak KiB from epoch `reset_at` on and
     over the run, the rebuilds, the final training loss and each epoch's
@@ -76,12 +90,7 @@ def run(model_name, width, x, y, batch, epochs, shrink, reset_at, tf_data=False)
     import keras_dstee
 
     keras.utils.set_random_seed(0)
-    if model_name == "small_cnn":
-        model = common.small_cnn(10, width)
-    else:
-        model = getattr(keras_dstee.models, model_name)(num_classes=10, width=width)
-    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = compiled_model(model_name, width)
     callbacks = []
     sparse = None
     if shrink:
@@ -347,16 +356,8 @@ def step_costs(model_name, steps, repeats):
 
     (x, y), _ = common.load_cifar10(train_size=32 * steps)
     final_width = 1 - SETTINGS["channel_sparsity"]
-    build = getattr(keras_dstee.models, model_name) if model_name != "small_cnn" else common.small_cnn
-
-    def compiled(width):
-        model = build(num_classes=10, width=width)
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return model
-
     keras.utils.set_random_seed(0)
-    floor, copy, sparse, shrunk = compiled(final_width), compiled(final_width), compiled(final_width), compiled(1.0)
+    floor, copy, sparse, shrunk = (compiled_model(model_name, w) for w in (final_width, final_width, final_width, 1.0))
     # The schedules run to their end on two batches, so the timed epochs only train.
     schedule = dict(seed=0, update_freq=2, sparsity=SETTINGS["sparsity"], end=0.75)
     sparse.fit(x[:64], y[:64], batch_size=32, epochs=4, verbose=0, callbacks=[keras_dstee.DSTEE(**schedule)])
