@@ -300,13 +300,18 @@ def measure(args):
     results = []
     if os.path.isfile(args.out):
         with open(args.out) as f:
-            setup = ("backend", "model", "width", "epochs", "steps_per_epoch", "batch")
-            results = [r for r in json.load(f)
-                       if [r[k] for k in setup] + [r.get("input", "numpy")] != [entry[k] for k in setup] + [entry["input"]]]
+            results = [r for r in json.load(f) if _setup(r) != _setup(entry)]
     results.append(entry)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     print(json.dumps({k: v for k, v in entry.items() if k not in ("times", "rebuilds")}, indent=1))
+
+
+def _setup(entry):
+    """What makes two entries the same measurement (entries from before
+    `--tf-data` were fed NumPy arrays)."""
+    keys = ("backend", "model", "width", "epochs", "steps_per_epoch", "batch")
+    return tuple(entry[k] for k in keys) + (entry.get("input", "numpy"),)
 
 
 def _ratio(values, name="shrink"):
